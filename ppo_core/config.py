@@ -1,0 +1,187 @@
+"""`PPOConfig`: TRL 0.11's field names and defaults, validated at construction."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+KLPenalty = Literal["kl", "abs", "mse", "full"]
+_KL_PENALTIES = ("kl", "abs", "mse", "full")
+
+
+@dataclass
+class PPOConfig:
+    """Hyper-parameters of `PPOTrainer`. Same names and defaults as TRL 0.11.4's `PPOConfig`."""
+
+    exp_name: str = field(default_factory=lambda: os.path.basename(sys.argv[0])[: -len(".py")] or "ppo")
+    """Name of this experiment (used for the TensorBoard run folder)."""
+    seed: int = 0
+    """Seed for `random`, `numpy` and `torch`, set when the trainer is built."""
+    log_with: Literal["tensorboard"] | None = None
+    """`"tensorboard"` writes `log_stats` to TensorBoard; Python logging always happens."""
+    task_name: str | None = None
+    """Free-form name of the task, kept for logging."""
+    model_name: str = "gpt2"
+    """Name of the model (a registry name, folder or hub id); informational, as in TRL."""
+    query_dataset: str = "imdb"
+    """Name of the query dataset; informational, as in TRL."""
+    reward_model: str = "sentiment-analysis:lvwerra/distilbert-imdb"
+    """Name of the reward model; informational, as in TRL."""
+    remove_unused_columns: bool = True
+    """Kept for TRL compatibility; the default collator keeps every column."""
+    tracker_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments for the tracker."""
+    accelerator_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for `accelerate.Accelerator` (e.g. `{"mixed_precision": "bf16"}`)."""
+    project_kwargs: dict[str, Any] = field(default_factory=dict)
+    """`{"logging_dir": ...}` chooses where TensorBoard runs go (default `runs/`)."""
+    tracker_project_name: str = "trl"
+    """Sub-folder of the logging dir for this project's runs."""
+    push_to_hub_if_best_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Kept for TRL compatibility (nothing is pushed: the machines here are offline)."""
+
+    steps: int = 20000
+    """Number of training steps (informational: the caller drives `step()`)."""
+    learning_rate: float = 1.41e-5
+    """Adam learning rate of the default optimizer."""
+    adap_kl_ctrl: bool = True
+    """Use the adaptive KL controller (Ziegler et al. 2019) instead of a fixed coefficient."""
+    init_kl_coef: float = 0.2
+    """Initial KL penalty coefficient."""
+    kl_penalty: KLPenalty = "kl"
+    """Per-token KL estimate: `kl` (logp - ref), `abs`, `mse` (0.5 * diff^2) or `full` (exact, over the vocab)."""
+    target: float = 6.0
+    """Target KL of the adaptive controller."""
+    horizon: float = 10000.0
+    """Horizon of the adaptive controller."""
+    gamma: float = 1.0
+    """Discount factor of GAE."""
+    lam: float = 0.95
+    """Lambda of GAE."""
+    cliprange: float = 0.2
+    """PPO policy ratio clip range."""
+    cliprange_value: float = 0.2
+    """Value prediction clip range."""
+    vf_coef: float = 0.1
+    """Weight of the value loss in the total loss."""
+    batch_size: int = 128
+    """Samples per `step()` (and per dataloader batch)."""
+    forward_batch_size: int | None = None
+    """Deprecated in TRL; use `mini_batch_size`. Must stay None."""
+    mini_batch_size: int = 128
+    """Samples per forward/backward pass of the optimisation."""
+    gradient_accumulation_steps: int = 1
+    """Minibatches accumulated before each optimizer step."""
+    world_size: int | None = None
+    """Set by the trainer from the accelerator (number of processes)."""
+    ppo_epochs: int = 4
+    """Passes over the batch per `step()`."""
+    max_grad_norm: float | None = None
+    """Clip the gradient norm to this value (None: no clipping)."""
+    optimize_cuda_cache: bool | None = None
+    """Deprecated in TRL; use `optimize_device_cache`."""
+    optimize_device_cache: bool = False
+    """Free the accelerator's cache between stages of a step."""
+    early_stopping: bool = False
+    """Stop the PPO epochs of a step when policy KL exceeds 1.5 * `target_kl`."""
+    target_kl: float = 1.0
+    """KL target of early stopping."""
+    compare_steps: int = 1
+    """Kept for TRL compatibility."""
+    ratio_threshold: float = 10.0
+    """Skip a minibatch whose mean probability ratio exceeds this (TRL zeroes the loss; we skip the update)."""
+    use_score_scaling: bool = False
+    """Divide scores by their running standard deviation."""
+    use_score_norm: bool = False
+    """With `use_score_scaling`, also subtract the running mean."""
+    score_clip: float | None = None
+    """Clip (scaled) scores to [-score_clip, score_clip]."""
+    whiten_rewards: bool = False
+    """Whiten per-token rewards before computing advantages."""
+    gradient_checkpointing: bool = False
+    """Enable gradient checkpointing on the policy."""
+    is_encoder_decoder: bool | None = None
+    """Set by the trainer; only decoder-only models are supported."""
+    is_peft_model: bool | None = None
+    """Set by the trainer from the model."""
+
+    # Not in TRL: behaviours that fix its known problems, each off-switchable.
+    dropout_during_training: bool = False
+    """Keep dropout on in optimisation passes. Off by default: dropout makes the PPO ratio != 1 before any
+    update (Huang et al. 2023, "The N implementation details of RLHF with PPO", sec. "disable dropout")."""
+    rollback_nonfinite: bool = True
+    """Keep a copy of trainable weights and optimizer state during a step, so a step that meets a NaN/inf loss
+    or gradient after some updates is rolled back whole. Without it, non-finite updates are still never applied."""
+    importance_weight_cap: float = 1.0
+    """Truncation of the off-policy weight pi_old / mu when `step(..., behaviour_logprobs=...)` is given
+    (decoupled PPO, Hilton et al. 2021; truncation as in V-trace, Espeholt et al. 2018)."""
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs")
+        _check_positive_float(self, "learning_rate", "horizon", "target", "ratio_threshold", "target_kl")
+        _check_positive_float(self, "importance_weight_cap")
+        if self.kl_penalty not in _KL_PENALTIES:
+            raise ValueError(f"kl_penalty must be one of {_KL_PENALTIES}, got {self.kl_penalty!r}")
+        if self.log_with not in (None, "tensorboard"):
+            raise ValueError(f"log_with must be None or 'tensorboard', got {self.log_with!r}")
+        if self.forward_batch_size is not None:
+            raise ValueError("forward_batch_size is deprecated (as in TRL): use mini_batch_size")
+        if self.batch_size % (self.mini_batch_size * self.gradient_accumulation_steps) != 0:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of mini_batch_size * "
+                f"gradient_accumulation_steps ({self.mini_batch_size} * {self.gradient_accumulation_steps})"
+            )
+        for name in ("gamma", "lam"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {value}")
+        for name in ("cliprange", "cliprange_value", "vf_coef", "init_kl_coef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.score_clip is not None and not self.score_clip > 0:
+            raise ValueError(f"score_clip must be > 0 or None, got {self.score_clip}")
+        if self.use_score_norm and not self.use_score_scaling:
+            raise ValueError("use_score_norm only applies with use_score_scaling=True")
+
+    @property
+    def num_minibatches(self) -> int:
+        """Minibatches per PPO epoch."""
+        return self.batch_size // self.mini_batch_size
+
+    @property
+    def backward_batch_size(self) -> int:
+        """Samples per optimizer step: `mini_batch_size * gradient_accumulation_steps`."""
+        return self.mini_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def global_backward_batch_size(self) -> int:
+        """`backward_batch_size` over all processes."""
+        return self.backward_batch_size * (self.world_size or 1)
+
+    @property
+    def global_batch_size(self) -> int:
+        """`batch_size` over all processes."""
+        return self.batch_size * (self.world_size or 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (for logging and for the step records of the app)."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+def _check_positive(cfg: PPOConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_positive_float(cfg: PPOConfig, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")

@@ -1,0 +1,113 @@
+"""Batch layout and forward passes over the response window.
+
+Layout of a batch of B (query, response) pairs, Q = longest query, R = longest response, T = Q + R:
+
+    input_ids (B, T):  [left pad | query | response | right pad]
+
+so every response starts at column Q and the response window is the fixed slice [Q, Q + R). Position ids come
+from the attention mask, so a sequence gets the same log-probs and values whatever padding surrounds it. Logits
+are only computed for the R positions that predict response tokens (`logits_to_keep`), never for the query.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ppo_core.masked import logprobs_from_logits
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """Padded model inputs and the response mask of a batch."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T)
+    response_mask: torch.Tensor  # (B, R) bool, True on real (and unmasked) response tokens
+    query_width: int  # Q
+
+    @property
+    def response_width(self) -> int:
+        return self.response_mask.shape[1]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """Response tokens `(B, R)`."""
+        return self.input_ids[:, self.query_width :]
+
+    def select(self, index: torch.Tensor) -> PaddedBatch:
+        """Rows `index` of the batch (same Q and R, so statistics line up)."""
+        return PaddedBatch(
+            self.input_ids[index],
+            self.attention_mask[index],
+            self.position_ids[index],
+            self.response_mask[index],
+            self.query_width,
+        )
+
+
+def pad_batch(
+    queries: Sequence[torch.Tensor],
+    responses: Sequence[torch.Tensor],
+    pad_token_id: int,
+    device: torch.device,
+    response_masks: Sequence[torch.Tensor] | None = None,
+) -> PaddedBatch:
+    """Left-pad queries and right-pad responses into one `(B, Q + R)` batch on `device`."""
+    q_width = max(len(q) for q in queries)
+    r_width = max(len(r) for r in responses)
+    batch = len(queries)
+    input_ids = torch.full((batch, q_width + r_width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, q_width + r_width), dtype=torch.long)
+    response_mask = torch.zeros((batch, r_width), dtype=torch.bool)
+    for i, (query, response) in enumerate(zip(queries, responses)):
+        input_ids[i, q_width - len(query) : q_width] = query
+        input_ids[i, q_width : q_width + len(response)] = response
+        attention_mask[i, q_width - len(query) : q_width + len(response)] = 1
+        response_mask[i, : len(response)] = True
+        if response_masks is not None:
+            response_mask[i, : len(response)] &= response_masks[i].bool().cpu()
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    return PaddedBatch(
+        input_ids.to(device),
+        attention_mask.to(device),
+        position_ids.to(device),
+        response_mask.to(device),
+        q_width,
+    )
+
+
+def lm_window(lm: nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits `(B, R, V)` and last hidden states `(B, R, H)` at the positions that predict response tokens."""
+    r_width = batch.response_width
+    kwargs: dict[str, object] = {"output_hidden_states": True, "use_cache": False}
+    if _accepts_logits_to_keep(lm):
+        kwargs["logits_to_keep"] = r_width + 1
+    out = lm(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        **kwargs,
+    )
+    logits = out.logits[:, -(r_width + 1) : -1]  # (B, R, V): position p predicts token p + 1
+    start = batch.query_width - 1
+    hidden = out.hidden_states[-1][:, start : start + r_width]  # (B, R, H)
+    return logits, hidden
+
+
+def policy_forward(model: nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs `(B, R)`, values `(B, R)` and logits `(B, R, V)` of a value-head model on the batch."""
+    logits, hidden = lm_window(model.pretrained_model, batch)
+    values = model.v_head(hidden)  # (B, R)
+    logprobs = logprobs_from_logits(logits, batch.labels)  # (B, R)
+    return logprobs, values, logits
+
+
+def _accepts_logits_to_keep(lm: nn.Module) -> bool:
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -1,0 +1,82 @@
+"""Step statistics with TRL 0.11's keys, computed without autograd and returned as floats / numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppo_core.masked import masked_mean
+
+
+@torch.no_grad()
+def objective_stats(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    non_score_rewards: torch.Tensor,
+    scores: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> dict[str, Any]:
+    """`objective/*` and the reward statistics of a rollout; inputs `(B, R)` except `scores (B,)`."""
+    mask_f = mask.float()
+    kl_list = ((logprobs - ref_logprobs) * mask_f).sum(-1)  # (B,)
+    return {
+        "objective/kl": kl_list.mean(),
+        "objective/kl_dist": kl_list,
+        "objective/logprobs": logprobs,
+        "objective/ref_logprobs": ref_logprobs,
+        "objective/kl_coef": kl_coef,
+        "objective/entropy": (-logprobs * mask_f).sum(-1).mean(),
+        "ppo/mean_non_score_reward": masked_mean(non_score_rewards, mask),
+        "ppo/mean_scores": scores.float().mean(),
+        "ppo/std_scores": scores.float().std() if scores.numel() > 1 else torch.zeros(()),
+    }
+
+
+def token_stats(queries: Sequence[torch.Tensor], responses: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """`tokens/*`: lengths of queries and responses."""
+    stats: dict[str, Any] = {}
+    for name, seqs in (("queries", queries), ("responses", responses)):
+        lens = np.array([len(s) for s in seqs], dtype=np.float64)
+        stats[f"tokens/{name}_len_mean"] = float(lens.mean())
+        stats[f"tokens/{name}_len_std"] = float(lens.std(ddof=1)) if len(lens) > 1 else 0.0
+        stats[f"tokens/{name}_dist"] = lens
+    return stats
+
+
+def aggregate_train_stats(per_minibatch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Mean of scalar minibatch stats under `ppo/`; `policy/advantages` and `policy/ratio` concatenated."""
+    stats: dict[str, Any] = {}
+    if not per_minibatch:
+        return stats
+    for key in per_minibatch[0]:
+        values = [mb[key] for mb in per_minibatch]
+        if values[0].dim() == 0:
+            stats[f"ppo/{key}"] = torch.stack(values).float().mean()
+        else:
+            stats[f"ppo/{key}"] = torch.cat([v.flatten() for v in values])
+    if "ppo/val/error" in stats and "ppo/returns/var" in stats:
+        stats["ppo/val/var_explained"] = 1 - stats["ppo/val/error"] / stats["ppo/returns/var"]
+    return stats
+
+
+def to_numpy(stats: dict[str, Any]) -> dict[str, Any]:
+    """Tensors -> python floats (0-d) or numpy arrays; other values unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in stats.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu()
+            out[key] = float(value) if value.dim() == 0 else value.numpy()
+        elif isinstance(value, np.generic):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
+def scalar_stats(stats: dict[str, Any]) -> dict[str, float]:
+    """Only the scalar entries (for storing a step's record or printing a summary)."""
+    return {k: float(v) for k, v in stats.items() if isinstance(v, int | float) and not isinstance(v, bool)}

@@ -1,0 +1,384 @@
+"""`PPOTrainer`: TRL 0.11's legacy API (`generate`, `step(queries, responses, scores)`, `log_stats`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from ppo_core.advantages import compute_advantages, compute_rewards
+from ppo_core.config import PPOConfig
+from ppo_core.data import Collator, make_dataloader
+from ppo_core.generation import eval_mode, generate_batch
+from ppo_core.kl import AdaptiveKLController, FixedKLController, kl_penalty_fn
+from ppo_core.masked import logprobs_from_logits
+from ppo_core.optimize import NonFiniteError, OptimSettings, OptimTargets, run_ppo_epochs
+from ppo_core.reference import create_reference_model
+from ppo_core.rollout import PaddedBatch, lm_window, pad_batch, policy_forward
+from ppo_core.scores import RunningMoments, scale_scores
+from ppo_core.seeding import set_seed
+from ppo_core.stats import aggregate_train_stats, objective_stats, to_numpy, token_stats
+from ppo_core.step_inputs import validate_step_inputs
+from ppo_core.tracking import TensorBoardTracker, log_summary, reward_stats
+from ppo_core.value_head import AutoModelForCausalLMWithValueHead
+
+logger = logging.getLogger(__name__)
+
+
+class PPOTrainer:
+    """PPO for causal LMs with scores from outside (a reward model, a rule, or people)."""
+
+    def __init__(
+        self,
+        config: PPOConfig | None = None,
+        model: AutoModelForCausalLMWithValueHead | None = None,
+        ref_model: nn.Module | None = None,
+        tokenizer: Any = None,
+        dataset: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        data_collator: Collator | None = None,
+        num_shared_layers: int | None = None,
+        lr_scheduler: Any = None,
+    ) -> None:
+        if config is None or model is None or tokenizer is None:
+            raise ValueError("PPOTrainer needs config, model and tokenizer")
+        if not isinstance(model, AutoModelForCausalLMWithValueHead):
+            raise ValueError(
+                f"model must be an AutoModelForCausalLMWithValueHead, got {type(model).__name__}; "
+                "wrap it with AutoModelForCausalLMWithValueHead.from_pretrained(model)"
+            )
+        self.config = config
+        set_seed(config.seed)
+        self.accelerator = Accelerator(**config.accelerator_kwargs)
+        config.world_size = self.accelerator.num_processes
+        config.is_encoder_decoder = False
+        config.is_peft_model = model.is_peft_model
+        self.is_peft_model = model.is_peft_model
+        self.tokenizer = tokenizer
+        self.ref_model = self._make_reference(model, ref_model, num_shared_layers)
+        if optimizer is None:
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.Adam(trainable, lr=config.learning_rate)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.dataset = dataset
+        if dataset is None:
+            warnings.warn(
+                "No dataset is provided. Make sure to set config.batch_size to the correct value before training.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.dataloader = None
+        else:
+            self.dataloader = make_dataloader(dataset, config.batch_size, data_collator, config.seed)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.dataloader is not None:
+            self.dataloader = self.accelerator.prepare(self.dataloader)
+        if self.ref_model is not None:
+            self.ref_model = self.ref_model.to(self.accelerator.device)
+        self.lr_scheduler = lr_scheduler
+        self.kl_ctl = (
+            AdaptiveKLController(config.init_kl_coef, config.target, config.horizon)
+            if config.adap_kl_ctrl
+            else FixedKLController(config.init_kl_coef)
+        )
+        self.kl_fn = kl_penalty_fn(config.kl_penalty)
+        self.running = RunningMoments() if config.use_score_scaling else None
+        self.current_device = self.accelerator.device
+        self.current_step = 0
+        self.tracker = self._make_tracker()
+
+    # --------------------------------------------------------------------------------------------- set-up
+    def _make_reference(
+        self,
+        model: AutoModelForCausalLMWithValueHead,
+        ref_model: nn.Module | None,
+        num_shared_layers: int | None,
+    ) -> nn.Module | None:
+        if ref_model is not None:
+            if num_shared_layers is not None:
+                warnings.warn(
+                    "num_shared_layers is ignored when ref_model is provided. Two different models are used "
+                    "for the model and the reference model and no layers are shared.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            if not isinstance(ref_model, AutoModelForCausalLMWithValueHead):
+                raise ValueError("ref_model must be an AutoModelForCausalLMWithValueHead (or None)")
+            for param in ref_model.parameters():
+                param.requires_grad_(False)
+            return ref_model.eval()
+        if model.is_peft_model:
+            return None  # reference log-probs come from the same model with the adapter disabled
+        return create_reference_model(model, num_shared_layers=num_shared_layers)
+
+    def _make_tracker(self) -> TensorBoardTracker | None:
+        if self.config.log_with != "tensorboard" or not self.accelerator.is_main_process:
+            return None
+        logging_dir = self.config.project_kwargs.get("logging_dir", "runs")
+        return TensorBoardTracker(logging_dir, self.config.tracker_project_name, self.config.to_dict())
+
+    def _vocab_size(self) -> int:
+        return int(self.accelerator.unwrap_model(self.model).pretrained_model.get_input_embeddings().num_embeddings)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    # ----------------------------------------------------------------------------------------- generation
+    def generate(
+        self,
+        query_tensor: torch.Tensor | list[torch.Tensor],
+        length_sampler: Callable[[], int] | None = None,
+        batch_size: int | None = None,
+        return_prompt: bool = True,
+        generate_ref_response: bool = False,
+        remove_padding: bool = True,
+        **generation_kwargs: Any,
+    ) -> Any:
+        """Responses for one query tensor (returns `(1, L)`) or a list of 1-D query tensors (list of 1-D)."""
+        if generate_ref_response and self.ref_model is None and not self.is_peft_model:
+            raise ValueError("no reference model to generate with")
+        policy = self._generate(
+            query_tensor,
+            self.model,
+            length_sampler,
+            batch_size,
+            return_prompt,
+            remove_padding,
+            generation_kwargs,
+        )
+        if not generate_ref_response:
+            return policy
+        with self._reference() as ref:
+            reference = self._generate(
+                query_tensor,
+                ref,
+                length_sampler,
+                batch_size,
+                return_prompt,
+                remove_padding,
+                generation_kwargs,
+            )
+        return policy, reference
+
+    def _generate(
+        self,
+        query: torch.Tensor | list[torch.Tensor],
+        model: nn.Module,
+        length_sampler: Callable[[], int] | None,
+        batch_size: int | None,
+        return_prompt: bool,
+        remove_padding: bool,
+        generation_kwargs: dict[str, Any],
+    ) -> Any:
+        model = self.accelerator.unwrap_model(model)
+        if isinstance(query, torch.Tensor):
+            if query.dim() != 1:
+                raise ValueError(f"a single query must be a 1-D tensor, got shape {tuple(query.shape)}")
+            kwargs = dict(generation_kwargs)
+            if length_sampler is not None:
+                kwargs["max_new_tokens"] = length_sampler()
+            with eval_mode(model), torch.no_grad():
+                out = model.generate(input_ids=query.unsqueeze(0).to(self.current_device), **kwargs)
+            return out if return_prompt else out[:, len(query) :]
+        queries = list(query)
+        if not queries:
+            raise ValueError("generate needs at least one query")
+        size = batch_size or len(queries)
+        results: list[torch.Tensor] = []
+        for start in range(0, len(queries), size):
+            chunk = [q.to(self.current_device) for q in queries[start : start + size]]
+            out = generate_batch(
+                model,
+                chunk,
+                self.pad_token_id,
+                self.tokenizer.eos_token_id,
+                generation_kwargs,
+                return_prompt,
+                remove_padding,
+                False,
+                length_sampler,
+            )
+            results.extend(out.sequences)
+        return results
+
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[nn.Module]:
+        """The reference model; for a LoRA policy, the policy with its adapter disabled (trl#1871)."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        model = self.accelerator.unwrap_model(self.model)
+        with model.pretrained_model.disable_adapter():
+            yield model
+
+    # ------------------------------------------------------------------------------------------------ step
+    def step(
+        self,
+        queries: Sequence[torch.Tensor],
+        responses: Sequence[torch.Tensor],
+        scores: Sequence[torch.Tensor],
+        response_masks: Sequence[torch.Tensor] | None = None,
+        behaviour_logprobs: Sequence[torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """One PPO step on `batch_size` (query, response, score) triples; returns TRL's statistics.
+
+        `behaviour_logprobs` (per response token, from the policy that generated it) turns on the off-policy
+        correction for samples from an older policy version.
+        """
+        t_start = time.perf_counter()
+        timing: dict[str, float] = {}
+        inputs = validate_step_inputs(
+            queries,
+            responses,
+            scores,
+            response_masks,
+            behaviour_logprobs,
+            self.config.batch_size,
+            self.current_device,
+            self._vocab_size(),
+        )
+        scores_t = scale_scores(inputs.scores, self.running, self.config.use_score_norm, self.config.score_clip)
+        batch = pad_batch(
+            inputs.queries, inputs.responses, self.pad_token_id, self.current_device, inputs.response_masks
+        )
+        mask = batch.response_mask
+        with _timed(timing, "time/ppo/forward_pass"):
+            logprobs, ref_logprobs, values, kls = self._rollout(batch)
+        with _timed(timing, "time/ppo/compute_rewards"):
+            rewards, non_score = compute_rewards(scores_t, kls, mask, self.kl_ctl.value)
+        with _timed(timing, "time/ppo/compute_advantages"):
+            advantages, returns = compute_advantages(
+                rewards, values, mask, self.config.gamma, self.config.lam, self.config.whiten_rewards
+            )
+        weights = self._importance_weights(logprobs, inputs.behaviour_logprobs, mask)
+        _require_finite(
+            mask,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            values=values,
+            advantages=advantages,
+            returns=returns,
+        )
+        targets = OptimTargets(logprobs, values, advantages, returns, weights)
+        with _timed(timing, "time/ppo/optimize_step"):
+            train_stats = run_ppo_epochs(
+                self.model,
+                self.optimizer,
+                self.accelerator,
+                batch,
+                targets,
+                self._optim_settings(),
+                self.config.rollback_nonfinite,
+            )
+        with _timed(timing, "time/ppo/calc_stats"):
+            stats = objective_stats(logprobs, ref_logprobs, non_score, scores_t, mask, self.kl_ctl.value)
+            stats.update(aggregate_train_stats(train_stats))
+            stats.update(token_stats(inputs.queries, inputs.responses))
+            stats = to_numpy(stats)
+        stats["ppo/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+        self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        self.current_step += 1
+        timing["time/ppo/total"] = time.perf_counter() - t_start
+        stats.update(timing)
+        return stats
+
+    @torch.no_grad()
+    def _rollout(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Policy log-probs, reference log-probs, values and per-token KL `(B, R)`, in minibatch chunks."""
+        parts: list[tuple[torch.Tensor, ...]] = []
+        full = self.config.kl_penalty == "full"
+        for start in range(0, batch.input_ids.shape[0], self.config.mini_batch_size):
+            chunk = batch.select(
+                torch.arange(
+                    start,
+                    min(start + self.config.mini_batch_size, batch.input_ids.shape[0]),
+                    device=batch.input_ids.device,
+                )
+            )
+            with eval_mode(self.model), self.accelerator.autocast():
+                logprobs, values, logits = policy_forward(self.model, chunk)
+                with self._reference() as ref:
+                    ref_logits, _ = lm_window(ref.pretrained_model, chunk)
+            ref_lp = logprobs_from_logits(ref_logits, chunk.labels)
+            if full:
+                kls = self.kl_fn(torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1))
+            else:
+                kls = self.kl_fn(logprobs, ref_lp)
+            parts.append((logprobs, ref_lp, values, kls))
+            del logits, ref_logits
+        logprobs, ref_logprobs, values, kls = (torch.cat(p) for p in zip(*parts))
+        return logprobs, ref_logprobs, values, kls
+
+    def _importance_weights(
+        self, logprobs: torch.Tensor, behaviour: torch.Tensor | None, mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        if behaviour is None:
+            return None
+        ratio = torch.exp((logprobs - behaviour).clamp(max=20.0))  # pi_old / mu, (B, R)
+        return torch.where(mask, ratio.clamp(max=self.config.importance_weight_cap), torch.zeros_like(ratio))
+
+    def _optim_settings(self) -> OptimSettings:
+        c = self.config
+        return OptimSettings(
+            ppo_epochs=c.ppo_epochs,
+            backward_batch_size=c.backward_batch_size,
+            mini_batch_size=c.mini_batch_size,
+            cliprange=c.cliprange,
+            cliprange_value=c.cliprange_value,
+            vf_coef=c.vf_coef,
+            ratio_threshold=c.ratio_threshold,
+            max_grad_norm=c.max_grad_norm,
+            early_stopping=c.early_stopping,
+            target_kl=c.target_kl,
+            dropout_during_training=c.dropout_during_training,
+        )
+
+    # ---------------------------------------------------------------------------------------------- output
+    def log_stats(
+        self,
+        stats: dict[str, Any],
+        batch: dict[str, Any] | None,
+        rewards: Sequence[torch.Tensor] | torch.Tensor,
+        columns_to_log: Sequence[str] = ("query", "response"),
+    ) -> None:
+        """Log a step: always to Python logging, and to TensorBoard with `log_with="tensorboard"`."""
+        logs = dict(stats)
+        logs.update(reward_stats(rewards))
+        if self.accelerator.is_main_process:
+            log_summary(logs, self.current_step)
+            if self.tracker is not None:
+                self.tracker.log(logs, self.current_step)
+                if batch is not None and all(c in batch for c in columns_to_log):
+                    rows = zip(*(batch[c] for c in columns_to_log))
+                    text = "\n\n".join(" | ".join(str(v) for v in row) for row in rows)
+                    self.tracker.writer.add_text("game_log", text, self.current_step)
+
+    def save_pretrained(self, save_directory: str) -> None:
+        """Save the policy with its value head, and the tokenizer, to `save_directory`."""
+        self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
+        self.tokenizer.save_pretrained(save_directory)
+
+
+def _require_finite(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    for name, tensor in tensors.items():
+        if not bool(torch.isfinite(tensor[mask]).all()):
+            raise NonFiniteError(f"{name} contains NaN/inf: step refused, the model is unchanged")
+
+
+@contextlib.contextmanager
+def _timed(timing: dict[str, float], key: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timing[key] = time.perf_counter() - start
