@@ -50,7 +50,7 @@ def left_pad(
 
 
 def generate_batch(
-    model: nn.Module,
+    model: Any,
     queries: Sequence[torch.Tensor],
     pad_token_id: int,
     eos_token_id: int | None,

@@ -212,7 +212,7 @@ def _checked_step(
     if max_grad_norm is not None:
         norm = accelerator.clip_grad_norm_(params, max_grad_norm)
     else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if not bool(torch.isfinite(torch.as_tensor(norm))):
         raise NonFiniteError("gradient norm is not finite: step refused, weights left as before the step")
     optimizer.step()

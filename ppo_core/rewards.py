@@ -59,7 +59,7 @@ class ClassifierReward:
         if not os.path.isdir(folder):
             raise ValueError(f"classifier folder not found: {folder}")
         self.pipe = pipeline("text-classification", model=folder, top_k=None, device=device)
-        labels = list(self.pipe.model.config.id2label.values())
+        labels = list((self.pipe.model.config.id2label or {}).values())
         if label is not None and label not in labels:
             raise ValueError(f"label {label!r} not among the classifier's labels {labels}")
         self.label = label or labels[-1]  # e.g. POSITIVE for a binary sentiment model
@@ -68,7 +68,7 @@ class ClassifierReward:
 
     def __call__(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:
         texts = [q + r for q, r in zip(queries, responses)] if self.with_query else list(responses)
-        outputs = self.pipe(texts, truncation=True)
+        outputs: Any = self.pipe(texts, truncation=True)  # top_k=None: a list of every label per text
         return [next(float(o["score"]) for o in out if o["label"] == self.label) for out in outputs]
 
 
@@ -77,7 +77,7 @@ class CallableReward:
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, batched: bool | None = None) -> None:
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "callable")
+        self.name: str = name or str(getattr(fn, "__name__", "callable"))
         self.batched = _looks_batched(fn) if batched is None else batched
 
     def __call__(self, queries: Sequence[str], responses: Sequence[str]) -> list[float]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
 
 from ppo_core.masked import logprobs_from_logits
 
@@ -82,7 +82,7 @@ def pad_batch(
     )
 
 
-def lm_window(lm: nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def lm_window(lm: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits `(B, R, V)` and last hidden states `(B, R, H)` at the positions that predict response tokens."""
     r_width = batch.response_width
     kwargs: dict[str, object] = {"output_hidden_states": True, "use_cache": False}
@@ -100,7 +100,7 @@ def lm_window(lm: nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Te
     return logits, hidden
 
 
-def policy_forward(model: nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def policy_forward(model: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-probs `(B, R)`, values `(B, R)` and logits `(B, R, V)` of a value-head model on the batch."""
     logits, hidden = lm_window(model.pretrained_model, batch)
     values = model.v_head(hidden)  # (B, R)
@@ -108,6 +108,6 @@ def policy_forward(model: nn.Module, batch: PaddedBatch) -> tuple[torch.Tensor, 
     return logprobs, values, logits
 
 
-def _accepts_logits_to_keep(lm: nn.Module) -> bool:
+def _accepts_logits_to_keep(lm: Any) -> bool:
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     return "logits_to_keep" in inspect.signature(base.forward).parameters

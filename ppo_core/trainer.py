@@ -173,7 +173,7 @@ class PPOTrainer:
     def _generate(
         self,
         query: torch.Tensor | list[torch.Tensor],
-        model: nn.Module,
+        model: Any,
         length_sampler: Callable[[], int] | None,
         batch_size: int | None,
         return_prompt: bool,
@@ -212,7 +212,7 @@ class PPOTrainer:
         return results
 
     @contextlib.contextmanager
-    def _reference(self) -> Iterator[nn.Module]:
+    def _reference(self) -> Iterator[Any]:
         """The reference model; for a LoRA policy, the policy with its adapter disabled (trl#1871)."""
         if self.ref_model is not None:
             yield self.ref_model

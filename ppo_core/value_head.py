@@ -37,6 +37,8 @@ class ValueHead(nn.Module):
 class AutoModelForCausalLMWithValueHead(nn.Module):
     """A causal LM with a value head. `forward` returns `(logits fp32, loss, values (B, T))` like TRL."""
 
+    pretrained_model: Any  # a transformers causal LM, or a PEFT model wrapping one
+
     def __init__(
         self,
         pretrained_model: nn.Module,
@@ -104,9 +106,9 @@ class AutoModelForCausalLMWithValueHead(nn.Module):
     ) -> tuple[Any, ...]:
         """`(lm_logits (B, T, V) fp32, loss, values (B, T))`, plus past key values when asked."""
         kwargs["output_hidden_states"] = True
-        outputs = self.pretrained_model(
-            input_ids=input_ids, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
-        )
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        outputs = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         values = self.v_head(outputs.hidden_states[-1])  # (B, T)
         lm_logits = outputs.logits.float()
         if return_past_key_values:

@@ -1,0 +1,66 @@
+"""A LoRA policy has no reference copy; its reference log-probs really come from the adapter-disabled model."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from peft import LoraConfig
+
+from ppo_core import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+from ppo_core.rollout import pad_batch
+from ppo_core.tiny import tiny_causal_lm
+from tests.ppo_core.factory import make_batch
+
+LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
+
+
+def _lora_trainer(tokenizer):
+    base = tiny_causal_lm("llama", seed=0)
+    frozen_base = copy.deepcopy(base)
+    model = AutoModelForCausalLMWithValueHead.from_pretrained(base, peft_config=LORA)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, learning_rate=5e-2), model, tokenizer=tokenizer)
+    return trainer, frozen_base
+
+
+def test_lora_policy_trains_adapter_and_value_head_only(tokenizer):
+    trainer, _ = _lora_trainer(tokenizer)
+    assert trainer.ref_model is None and trainer.is_peft_model
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("v_head.") for n in trainable)
+
+
+def test_lora_reference_logprobs_are_the_base_model(tokenizer):
+    trainer, frozen_base = _lora_trainer(tokenizer)
+    q, r, s = make_batch()
+    for _ in range(3):
+        stats = trainer.step(q, r, s)
+    assert abs(stats["objective/kl"]) > 1e-4  # the adapter moved the policy away from its reference
+    batch = pad_batch(q, r, 0, torch.device("cpu"))
+    policy_lp, ref_lp, _, _ = trainer._rollout(batch)
+    ids = batch.input_ids
+    with torch.no_grad():
+        logits = frozen_base(input_ids=ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits
+    q_width = batch.query_width
+    expected = torch.log_softmax(logits[:, q_width - 1 : -1], -1).gather(-1, batch.labels.unsqueeze(-1)).squeeze(-1)
+    mask = batch.response_mask
+    torch.testing.assert_close(ref_lp[mask], expected[mask], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(policy_lp[mask], expected[mask], atol=1e-4)
+
+
+def test_lora_save_and_load_round_trip(tokenizer, tmp_path):
+    trainer, _ = _lora_trainer(tokenizer)
+    trainer.step(*make_batch())
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    tiny_causal_lm("llama", seed=0).save_pretrained(base_dir)
+    model = trainer.model
+    model.pretrained_model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    model.save_pretrained(adapter_dir)
+    loaded = AutoModelForCausalLMWithValueHead.from_pretrained(str(adapter_dir))
+    assert loaded.is_peft_model
+    original, restored = model.state_dict(), loaded.state_dict()
+    for key in original:
+        torch.testing.assert_close(original[key], restored[key], msg=key)
