@@ -20,6 +20,7 @@ class PPOLosses:
 
     pg_losses: torch.Tensor
     vf_losses: torch.Tensor
+    ratio: torch.Tensor  # detached
     stats: dict[str, torch.Tensor]
 
 
@@ -65,7 +66,7 @@ def ppo_losses(
         mask,
     )
     stats["policy/advantages_mean"] = masked_mean(advantages, mask).detach()
-    return PPOLosses(pg_losses=pg_max, vf_losses=vf_losses, stats=stats)
+    return PPOLosses(pg_losses=pg_max, vf_losses=vf_losses, ratio=ratio.detach(), stats=stats)
 
 
 @torch.no_grad()

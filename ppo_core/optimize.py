@@ -179,8 +179,7 @@ def _minibatch(
     stats.update(losses.stats)
     stats["policy/entropy"] = masked_mean(entropy_from_logits(logits.detach()), mask)
     stats["policy/advantages"] = targets.advantages[mb_inds][mask].detach()
-    ratio = torch.exp(logprobs - targets.old_logprobs[mb_inds]).detach()
-    stats["policy/ratio"] = ratio[mask]
+    stats["policy/ratio"] = losses.ratio[mask]
     if float(losses.stats["policy/ratio_mean"]) > settings.ratio_threshold:
         warnings.warn(
             f"mean ratio {float(losses.stats['policy/ratio_mean']):.2f} > ratio_threshold "

@@ -64,3 +64,20 @@ def test_lora_save_and_load_round_trip(tokenizer, tmp_path):
     original, restored = model.state_dict(), loaded.state_dict()
     for key in original:
         torch.testing.assert_close(original[key], restored[key], msg=key)
+
+
+def test_lora_reference_responses_come_from_the_base_model(tokenizer):
+    """trl#1871: TRL generates "reference" responses with the adapter still on."""
+    trainer, frozen_base = _lora_trainer(tokenizer)
+    q, r, s = make_batch()
+    for _ in range(3):
+        trainer.step(q, r, s)
+    greedy = {"do_sample": False, "max_new_tokens": 6, "min_length": -1, "pad_token_id": 0}
+    policy, reference = trainer.generate(q, generate_ref_response=True, return_prompt=False, **greedy)
+    for query, ref in zip(q, reference):
+        with torch.no_grad():
+            out = frozen_base.generate(input_ids=query.unsqueeze(0), **greedy)[0, len(query) :]
+        eos = (out == tokenizer.eos_token_id).nonzero()
+        expected = out[: int(eos[0, 0]) + 1] if len(eos) else out
+        assert torch.equal(ref, expected)
+    assert any(not torch.equal(a, b) for a, b in zip(policy, reference))
