@@ -22,7 +22,7 @@ from harness import MAIN_PYTHON, MODELS, Config, csv_ints, csv_strs, format_tabl
 
 LOG = logging.getLogger("bench.step")
 
-HEADER = ("model", "batch", "resp", "s/step", "samples/s", "peak RSS MB", "RSS growth MB", "gen tok/s")
+HEADER = ("model", "batch", "resp", "s/step", "samples/s", "peak RSS MB", "gen tok/s")
 
 
 def summary(cfg: Config, r: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +36,6 @@ def summary(cfg: Config, r: dict[str, Any]) -> dict[str, Any]:
         "step_median_s": r["step_median_s"],
         "samples_per_s": cfg.batch / r["step_median_s"],
         "peak_rss_mb": r["peak_rss_mb"],
-        "rss_growth_mb": r["peak_rss_mb"] - r["base_rss_mb"],
         "cuda_peak_mb": r["cuda_peak_mb"],
         "gen_tokens_per_s": gen.get("tokens_per_s"),
     }
@@ -50,7 +49,6 @@ def row(s: dict[str, Any]) -> list[Any]:
         s["step_median_s"],
         s["samples_per_s"],
         s["peak_rss_mb"],
-        s["rss_growth_mb"],
         s["gen_tokens_per_s"],
     ]
 

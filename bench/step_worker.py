@@ -80,6 +80,7 @@ class Workload:
     query_min: int
     query_max: int
     gen: bool
+    overrides: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -231,8 +232,10 @@ def ppo_api(impl: str) -> tuple[Any, Any, Any, str]:
 def build(w: Workload, api: tuple[Any, Any, Any, str], base: Any, tok: Any) -> Built:
     """Value-head model + trainer (the trainer deep-copies the reference model itself, ref_model=None)."""
     ppo_config_cls, trainer_cls, vhead_cls, _ = api
+    torch.manual_seed(w.seed)  # the value head is initialised at random: same draw on both sides
     model = vhead_cls.from_pretrained(base)
-    config = ppo_config_cls(batch_size=w.batch, mini_batch_size=w.mini_batch, ppo_epochs=w.ppo_epochs, seed=w.seed)
+    fields = {"batch_size": w.batch, "mini_batch_size": w.mini_batch, "ppo_epochs": w.ppo_epochs, "seed": w.seed}
+    config = ppo_config_cls(**fields, **{k: json.loads(v) for k, v in w.overrides})
     trainer = trainer_cls(config=config, model=model, ref_model=None, tokenizer=tok)
     vocab = int(base.get_output_embeddings().weight.shape[0])
     low = SMOLLM2_FIRST_PLAIN_ID if w.model == SMOLLM2 else GPT2_EOS_ID + 1
@@ -383,6 +386,13 @@ def parse_args(argv: list[str] | None = None) -> Workload:
     p.add_argument("--query-min", type=int, default=8)
     p.add_argument("--query-max", type=int, default=24)
     p.add_argument("--no-gen", action="store_true", help="skip the generate timing")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="extra PPOConfig field for experiments, e.g. --set rollback_nonfinite=false",
+    )
     a = p.parse_args(argv)
     return Workload(
         impl=a.impl,
@@ -397,6 +407,7 @@ def parse_args(argv: list[str] | None = None) -> Workload:
         query_min=a.query_min,
         query_max=a.query_max,
         gen=not a.no_gen,
+        overrides=tuple(tuple(kv.split("=", 1)) for kv in a.set),  # type: ignore[misc]
     )
 
 
