@@ -1,0 +1,100 @@
+"""`python -m app` / `rlhf-live`: parse the options, build the service and the Gradio page, serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from app.cli import parse_settings
+from app.service import FeedbackService
+from app.settings import AppSettings
+from app.startup import StartupError
+
+log = logging.getLogger("app")
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail fast (before loading a model for a minute) when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to Gradio too
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            reason = err.strerror or "not available"
+            raise StartupError(f"port {port} on {host} is in use ({reason}); pick another with --port") from err
+
+
+def build_page(service: FeedbackService) -> Any:
+    """The UI engineer's page; a minimal placeholder while `app.ui` does not exist."""
+    try:
+        from app.ui import build_ui
+    except ModuleNotFoundError as err:
+        if err.name not in ("app.ui", "app.ui.page"):
+            raise
+        return _placeholder(service)
+    return build_ui(service)
+
+
+def _placeholder(service: FeedbackService) -> Any:
+    import gradio as gr
+
+    with gr.Blocks(title="RLHF Live") as demo:
+        gr.Markdown("# RLHF Live\nThe rating UI (`app/ui`) is not installed; the backend runs. Dashboard:")
+        out = gr.JSON()
+        gr.Button("Refresh").click(lambda: service.dashboard().__dict__, None, out)
+    return demo
+
+
+def serve(service: FeedbackService, settings: AppSettings) -> None:
+    """Launch the page, block until SIGINT/SIGTERM, then stop the service (checkpoint) and the server."""
+    demo = build_page(service)
+    service.start()
+    try:
+        demo.launch(
+            server_name=settings.host,
+            server_port=settings.port,
+            auth=list(settings.auth) or None,
+            share=settings.share,
+            prevent_thread_lock=True,
+            quiet=True,
+        )
+    except OSError as err:
+        service.stop()
+        raise StartupError(f"cannot serve on {settings.host}:{settings.port}: {err}") from err
+    url = demo.share_url or demo.local_url
+    log.info("rlhf-live is running at %s (Ctrl-C stops it and saves a checkpoint)", url)
+    sys.stdout.write(f"Running on {url}\n")
+    sys.stdout.flush()
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        log.info("stopping: finishing the current step and saving a checkpoint")
+        service.stop()
+        demo.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = parse_settings(argv)
+    try:
+        check_port(settings.host, settings.port)
+        service = FeedbackService(settings)
+        serve(service, settings)
+    except StartupError as err:
+        sys.stderr.write(f"rlhf-live: error: {err}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Loading the models once at start-up: tokenizer, policy (resumed from a checkpoint when there is one), the frozen
+reference (= version 0, also used by `compare()`), the generator's own copy, and where they run."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer
+
+from app.checkpoints import ResumePoint, load_optimizer_state
+from app.settings import AppSettings
+from ppo_core import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, create_reference_model, set_seed
+from ppo_core.registry import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(ValueError):
+    """The model (or its tokenizer) cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the torch work runs."""
+
+    device: torch.device
+    bf16: bool
+    """bf16 autocast (CUDA with bf16 support)."""
+    gen_threads: int
+    """torch intra-op threads of the generator thread (CPU)."""
+    train_threads: int
+    """torch intra-op threads of the trainer thread (CPU)."""
+
+
+def choose_runtime(settings: AppSettings) -> Runtime:
+    """CUDA when asked or available; on CPU the cores are split between generator and trainer (docs/app.md)."""
+    cuda = torch.cuda.is_available()
+    if settings.device == "cuda" and not cuda:
+        raise ModelLoadError("--device cuda was asked for but no CUDA device is available")
+    device = torch.device("cuda" if settings.device == "cuda" or (settings.device == "auto" and cuda) else "cpu")
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    total = settings.threads or os.cpu_count() or 1
+    gen_threads = max(1, total // 2)
+    train_threads = max(1, total - gen_threads)
+    return Runtime(device, bf16, gen_threads, train_threads)
+
+
+def load_tokenizer(folder: str) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.eos_token_id is None:
+        raise ModelLoadError(f"the tokenizer of {folder!r} has no EOS token")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+@dataclass
+class Models:
+    """Handed over at start-up: the trainer thread takes `trainer`, the generator thread `generator_model`."""
+
+    tokenizer: Any
+    trainer: PPOTrainer
+    reference: nn.Module
+    """Version 0, frozen; read-only, shared by the trainer (KL penalty) and the generator (`compare`)."""
+    generator_model: AutoModelForCausalLMWithValueHead
+    version: int
+
+
+def ppo_config(settings: AppSettings, runtime: Runtime) -> PPOConfig:
+    if runtime.device.type == "cpu":
+        accelerator_kwargs: dict[str, Any] = {"cpu": True}
+    else:
+        accelerator_kwargs = {"mixed_precision": "bf16"} if runtime.bf16 else {}
+    return PPOConfig(
+        exp_name="rlhf-live",
+        model_name=settings.model,
+        query_dataset=settings.dataset or "shipped prompts",
+        reward_model=settings.reward,
+        seed=settings.seed,
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        mini_batch_size=settings.effective_mini_batch_size,
+        ppo_epochs=settings.ppo_epochs,
+        init_kl_coef=settings.init_kl_coef,
+        accelerator_kwargs=accelerator_kwargs,
+    )
+
+
+def load_models(settings: AppSettings, runtime: Runtime, resume: ResumePoint | None, version: int) -> Models:
+    """Raises ModelLoadError with one line when the model cannot be loaded."""
+    set_seed(settings.seed)
+    try:
+        folder = resolve_model(settings.model)
+        tokenizer = load_tokenizer(folder)
+        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for unloadable models
+        raise ModelLoadError(f"cannot load model {settings.model!r}: {_first_line(err)}") from err
+    reference = create_reference_model(initial)  # the first version, kept for KL and compare()
+    policy = initial
+    if resume is not None:
+        policy = AutoModelForCausalLMWithValueHead.from_pretrained(str(resume.folder))
+        log.info("resuming version %d from %s", resume.state.version, resume.folder)
+    generator_model = copy.deepcopy(policy).to(runtime.device).eval()
+    generator_model.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No dataset is provided")
+        trainer = PPOTrainer(ppo_config(settings, runtime), policy, ref_model=reference, tokenizer=tokenizer)
+    if resume is not None:
+        load_optimizer_state(trainer.optimizer, resume.folder, runtime.device)
+        trainer.kl_ctl.value = resume.state.kl_coef
+        trainer.current_step = resume.state.step
+    return Models(tokenizer, trainer, reference, generator_model, version)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,340 @@
+"""`FeedbackService`: the one object the UI talks to (docs/app-service-contract.md).
+
+Built once from `AppSettings`: opens storage, imports the prompts, loads the model, and creates the three
+workers (generator, trainer, reward). Rater methods are a couple of short database operations and never touch
+torch, so a rating never waits behind generation or a PPO step. Admin methods check the role stored in the
+database (`--admins` decides it at every login) and raise PermissionError for anyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+from app.checkpoints import find_resume_point
+from app.generator import GeneratorWorker
+from app.models import ModelLoadError, choose_runtime, load_models
+from app.policy import PolicyPublisher, copy_state
+from app.reward_worker import RewardControl, RewardWorker
+from app.settings import SCORE_RANGE, AppSettings
+from app.startup import StartupError, first_line, import_prompts, open_store, resume_version
+from app.trainer_worker import TrainerWorker
+from app.views import (
+    Assignment,
+    Comparison,
+    Dashboard,
+    HistoryPoint,
+    NextResult,
+    Progress,
+    RaterView,
+    RatingRow,
+)
+from app.worker import ErrorLog
+from storage.batches import release_all_claims
+from storage.dashboard import counts
+from storage.errors import RatingLocked
+from storage.export import export_jsonl, export_parquet, pairwise_dataset
+from storage.history import training_history
+from storage.raters import get_or_create_rater, get_rater, set_rater_role
+from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
+from storage.records import SampleRecord
+from storage.samples import get_sample, next_sample_for_rater, skip_sample
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("jsonl", "parquet", "pairwise")
+MAX_COMPARE_PROMPT_CHARS = 4000
+STOP_TIMEOUT_S = 900.0
+
+
+class FeedbackService:
+    """See the module docstring and docs/app.md. Raises StartupError when the options cannot work."""
+
+    def __init__(self, settings: AppSettings) -> None:
+        self.settings = settings
+        self.errors = ErrorLog()
+        self.db = open_store(settings)
+        self.prompts = import_prompts(self.db, settings)
+        try:
+            self.rewards = RewardControl(settings.reward)
+            resume = find_resume_point(self.db, settings.model)
+            self.runtime = choose_runtime(settings)
+            version = resume_version(self.db, resume)
+            models = load_models(settings, self.runtime, resume, version)
+        except (ValueError, ModelLoadError) as err:
+            self.db.close()
+            raise StartupError(first_line(err)) from err
+        self.tokenizer = models.tokenizer
+        trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
+        self.publisher = PolicyPublisher(version, copy_state(trainer_model))
+        self.generator = GeneratorWorker(
+            self.db,
+            models.generator_model,
+            models.reference,
+            models.tokenizer,
+            self.publisher,
+            settings,
+            self.runtime,
+            self.errors,
+        )
+        self.trainer = TrainerWorker(
+            self.db,
+            models.trainer,
+            self.publisher,
+            settings,
+            self.runtime,
+            self.errors,
+            self.rewards.use_auto_scores,
+            resume.state.version if resume else None,
+        )
+        self.reward_worker = RewardWorker(self.db, self.rewards, self.errors, settings.poll_seconds)
+        self._workers = (self.generator, self.trainer, self.reward_worker)
+        self._history: list[HistoryPoint] = []
+        self._history_last_id = 0
+        self._history_lock = threading.Lock()
+        self._started = self._stopped = False
+        log.info("service ready: model %s at version %d on %s", settings.model, version, self.runtime.device)
+
+    # --------------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Re-queue batches a crash left claimed, then start the generator, trainer and reward threads."""
+        if self._started:
+            return
+        with self.db.session_factory.begin() as s:
+            released = release_all_claims(s)
+        if released:
+            log.warning("re-queued training batches %s left claimed by a previous run", released)
+        for worker in self._workers:
+            worker.start()
+        self._started = True
+
+    def stop(self) -> None:
+        """Stop the threads (each finishes its unit of work), joining them; the trainer checkpoints on its way out."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for worker in self._workers:
+            worker.stop()
+        for worker in self._workers:
+            worker.join(STOP_TIMEOUT_S)
+        self.db.close()
+        log.info("service stopped at version %d", self.publisher.version)
+
+    # ------------------------------------------------------------------------------------------------ raters
+    def login(self, name: str) -> RaterView:
+        """Get or create the rater; the admin role follows `--admins` at every login."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("please enter a name")
+        clean = name.strip()
+        role = "admin" if clean in self.settings.admins else "rater"
+        with self.db.session_factory.begin() as s:
+            rater = get_or_create_rater(s, clean, role)
+            if rater.role != role:
+                rater = set_rater_role(s, rater.id, role)
+        return RaterView(rater.id, rater.name, rater.role == "admin")
+
+    def next_for(self, rater_id: int) -> NextResult:
+        return self._next(rater_id, None)
+
+    def rate(self, rater_id: int, sample_id: int, score: float) -> NextResult:
+        with self.db.session_factory.begin() as s:
+            record_rating(s, sample_id, rater_id, score, score_range=SCORE_RANGE)
+        self._wake()
+        return self._next(rater_id, "Rating saved")
+
+    def skip(self, rater_id: int, sample_id: int) -> NextResult:
+        with self.db.session_factory.begin() as s:
+            skip_sample(s, rater_id, sample_id)
+        self._wake()
+        return self._next(rater_id, "Skipped")
+
+    def undo(self, rater_id: int) -> NextResult:
+        try:
+            with self.db.session_factory.begin() as s:
+                undone = undo_last_rating(s, rater_id, lease_seconds=self.settings.lease_seconds)
+        except RatingLocked:
+            return self._next(rater_id, "Cannot undo: that rating is already in a training batch")
+        if undone is None:
+            return self._next(rater_id, "Nothing to undo")
+        return self._next(rater_id, "Undone", offer=undone.sample_id)
+
+    def _next(self, rater_id: int, notice: str | None, offer: int | None = None) -> NextResult:
+        with self.db.session_factory.begin() as s:
+            sample = get_sample(s, offer) if offer is not None else None
+            if sample is None or not _leased_now(sample):
+                sample = next_sample_for_rater(s, rater_id, lease_seconds=self.settings.lease_seconds)
+            p = rater_progress(s, rater_id)
+        progress = Progress(p.rated, p.skipped, p.can_undo)
+        if sample is None:
+            return NextResult(None, self._waiting(), progress, notice)
+        assignment = Assignment(sample.id, sample.prompt_text, sample.response_text, sample.policy_version)
+        return NextResult(assignment, None, progress, notice)
+
+    def _waiting(self) -> str:
+        if self.generator.fatal is not None or (self._started and not self.generator.alive):
+            return f"The generator has stopped ({self.generator.fatal or 'shutting down'}); no new responses."
+        g = self.generator.status
+        return f"Generating responses with version {g.version}... {g.ready} of {g.target} ready"
+
+    def _wake(self) -> None:
+        for worker in self._workers:
+            worker.wake.set()
+
+    def guidelines(self) -> str:
+        return resources.files("app").joinpath("guidelines.md").read_text(encoding="utf-8")
+
+    def score_range(self) -> tuple[float, float]:
+        return SCORE_RANGE
+
+    # ------------------------------------------------------------------------------------------------- watch
+    def dashboard(self) -> Dashboard:
+        reward = self.rewards.current()
+        with self.db.read_session_factory.begin() as s:
+            c = counts(s, use_auto_scores=reward.reward is not None)
+        numbers = {
+            "prompts": c.prompts,
+            "samples": c.samples,
+            "unrated": c.unrated,
+            "scored": c.scored_not_trained,
+            "claimed": c.in_claimed_batches,
+            "trained": c.trained,
+            "failed": c.failed,
+            "stale": c.stale,
+            "ratings": c.ratings,
+            "human_ratings": c.human_ratings,
+            "auto_ratings": c.auto_ratings,
+            "raters": c.raters,
+        }
+        last = self.errors.last()
+        return Dashboard(
+            version=self.publisher.version,
+            training=self._training_state(c.scored_not_trained, c.in_claimed_batches),
+            reward_source=reward.spec,
+            counts=numbers,
+            buffer_ready=self.generator.status.ready,
+            buffer_target=self.generator.status.target,
+            last_step_s=self.trainer.status.last_step_s,
+            last_error=str(last) if last is not None else None,
+        )
+
+    def _training_state(self, scored: int, in_batches: int) -> str:
+        t = self.trainer.status
+        if self.trainer.fatal is not None:
+            return f"error: the trainer stopped: {self.trainer.fatal.message}"
+        if t.state in ("starting", "stopped"):
+            return t.state
+        if self.trainer.paused.is_set():
+            return "paused"
+        if t.state == "training":
+            return "running"
+        if t.last_error is not None:
+            return f"error: {t.last_error} (the batch will be retried)"
+        missing = self.settings.batch_size - scored
+        if missing > 0 and in_batches == 0:
+            return f"waiting for {missing} more rating{'s' if missing != 1 else ''}"
+        return "running"
+
+    def history(self) -> list[HistoryPoint]:
+        """One point per PPO step, oldest first (new steps are read incrementally)."""
+        with self._history_lock:
+            with self.db.read_session_factory.begin() as s:
+                new = training_history(s, since_step_id=self._history_last_id)
+            for step in new:
+                stats = step.stats
+                mean = step.score_mean if step.score_mean is not None else stats.get("ppo/mean_scores", math.nan)
+                self._history.append(
+                    HistoryPoint(
+                        step=len(self._history) + 1,
+                        version=step.policy_version,
+                        mean_score=float(mean),
+                        kl=float(stats.get("objective/kl", math.nan)),
+                        policy_loss=float(stats.get("ppo/loss/policy", math.nan)),
+                        value_loss=float(stats.get("ppo/loss/value", math.nan)),
+                        time=_time(step.created_at),
+                    )
+                )
+                self._history_last_id = step.id
+            return list(self._history)
+
+    def recent_ratings(self, limit: int = 20) -> list[RatingRow]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit must be an int in 1..1000, got {limit!r}")
+        with self.db.read_session_factory.begin() as s:
+            rows = recent_ratings(s, limit)
+        return [
+            RatingRow(
+                time=_time(r.rating.updated_at),
+                rater=r.rating.rater_name,
+                source=r.rating.source,
+                score=r.rating.score,
+                policy_version=r.policy_version,
+                prompt=r.prompt_text,
+                response=r.response_text,
+            )
+            for r in rows
+        ]
+
+    def compare(self, prompt: str | None = None) -> Comparison:
+        """Greedy answers of the first version (the frozen reference) and the current one; may take seconds."""
+        text = prompt.strip() if isinstance(prompt, str) and prompt.strip() else self.prompts.first_prompt
+        if len(text) > MAX_COMPARE_PROMPT_CHARS:
+            raise ValueError(f"the prompt is {len(text)} characters long; the limit is {MAX_COMPARE_PROMPT_CHARS}")
+        return self.generator.compare(text)
+
+    # ------------------------------------------------------------------------------------------------- admin
+    def _require_admin(self, rater_id: int) -> None:
+        with self.db.read_session_factory.begin() as s:
+            rater = get_rater(s, rater_id)
+        if rater.role != "admin":
+            raise PermissionError(f"{rater.name} is not an admin; ask one of: {', '.join(self.settings.admins)}")
+
+    def set_paused(self, rater_id: int, paused: bool) -> None:
+        self._require_admin(rater_id)
+        if paused:
+            self.trainer.paused.set()
+        else:
+            self.trainer.paused.clear()
+        self.trainer.wake.set()
+        log.info("training %s by rater %d", "paused" if paused else "resumed", rater_id)
+
+    def set_reward_source(self, rater_id: int, spec: str) -> None:
+        self._require_admin(rater_id)
+        if not isinstance(spec, str) or not spec.strip():
+            raise ValueError("reward source must be 'human', 'vader', 'length[:N]', a classifier folder or module:fn")
+        self.rewards.set(spec)
+        self._wake()
+
+    def save_checkpoint(self, rater_id: int) -> str:
+        self._require_admin(rater_id)
+        return str(self.trainer.request_checkpoint())
+
+    def export(self, fmt: str) -> str:
+        """Write all ratings (jsonl, parquet) or preference pairs (pairwise, as JSONL) to a file; its path."""
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+        folder = self.settings.export_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        name = f"pairs-{stamp}.jsonl" if fmt == "pairwise" else f"ratings-{stamp}.{fmt}"
+        path = Path(folder, name)
+        with self.db.read_session_factory.begin() as s:
+            if fmt == "jsonl":
+                export_jsonl(s, path)
+            elif fmt == "parquet":
+                export_parquet(s, path)
+            else:
+                pairs = pairwise_dataset(s, use_auto_scores=self.rewards.use_auto_scores())
+                pairs.to_json(str(path), lines=True)
+        return str(path.resolve())
+
+
+def _leased_now(sample: SampleRecord) -> bool:
+    return sample.lease_expires_at is not None and sample.lease_expires_at > datetime.now(UTC)
+
+
+def _time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
