@@ -8,12 +8,14 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.cli import parse_settings
-from app.service import FeedbackService
+from app.errors import StartupError
 from app.settings import AppSettings
-from app.startup import StartupError
+
+if TYPE_CHECKING:
+    from app.service import FeedbackService
 
 log = logging.getLogger("app")
 
@@ -85,9 +87,12 @@ def serve(service: FeedbackService, settings: AppSettings) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = parse_settings(argv)
     try:
         check_port(settings.host, settings.port)
+        from app.service import FeedbackService  # torch and transformers: after the quick checks
+
         service = FeedbackService(settings)
         serve(service, settings)
     except StartupError as err:

@@ -29,7 +29,7 @@ HUMAN = "human"
 
 
 def source_name(reward: Reward) -> str:
-    """The reward's name as a storage source (at most 64 characters, stable for the same reward)."""
+    """The reward's name as a storage source (within storage's length limit, stable for the same reward)."""
     name = reward.name.strip()
     if len(name) <= MAX_SOURCE_CHARS:
         return name

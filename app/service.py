@@ -16,12 +16,13 @@ from importlib import resources
 from pathlib import Path
 
 from app.checkpoints import find_resume_point
+from app.errors import StartupError
 from app.generator import GeneratorWorker
 from app.models import ModelLoadError, choose_runtime, load_models
 from app.policy import PolicyPublisher, copy_state
 from app.reward_worker import RewardControl, RewardWorker
 from app.settings import SCORE_RANGE, AppSettings
-from app.startup import StartupError, first_line, import_prompts, open_store, resume_version
+from app.startup import first_line, import_prompts, open_store, resume_version
 from app.trainer_worker import TrainerWorker
 from app.views import (
     Assignment,

@@ -10,6 +10,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.checkpoints import ResumePoint
+from app.errors import StartupError
 from app.settings import AppSettings
 from ppo_core.prompts import DEFAULT_PROMPTS, load_prompts
 from storage.engine import Database, open_database
@@ -19,10 +20,6 @@ from storage.prompts import add_prompts
 from storage.records import PromptImport
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """A problem with the options or the environment, explained in one line (the CLI exits with status 2)."""
 
 
 def first_line(err: BaseException) -> str:

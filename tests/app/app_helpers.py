@@ -21,16 +21,23 @@ def generate(service: FeedbackService, at_least: int) -> None:
     raise AssertionError(f"the generator did not produce {at_least} samples")
 
 
-def open_samples(service: FeedbackService) -> dict[int, int]:
-    """Open (rateable, untrained, not stale) sample id -> policy version."""
+def open_samples(service: FeedbackService, unleased: bool = False) -> dict[int, int]:
+    """Open (rateable, untrained, not stale) sample id -> policy version; optionally only those nobody holds."""
+    stmt = select(Sample.id, Sample.policy_version).where(Sample.batch_id.is_(None), ~Sample.stale)
+    if unleased:
+        stmt = stmt.where(Sample.lease_rater_id.is_(None))
     with service.db.read_session_factory.begin() as s:
-        rows = s.execute(select(Sample.id, Sample.policy_version).where(Sample.batch_id.is_(None), ~Sample.stale))
-        return {int(i): int(v) for i, v in rows.tuples()}
+        return {int(i): int(v) for i, v in s.execute(stmt).tuples()}
 
 
 def stale_samples(service: FeedbackService) -> set[int]:
     with service.db.read_session_factory.begin() as s:
         return set(s.scalars(select(Sample.id).where(Sample.stale)))
+
+
+def batch_of(service: FeedbackService, sample_id: int) -> int | None:
+    with service.db.read_session_factory.begin() as s:
+        return s.scalar(select(Sample.batch_id).where(Sample.id == sample_id))
 
 
 def batches(service: FeedbackService) -> list[BatchRecord]:

@@ -1,0 +1,118 @@
+"""Rater-facing rules: automatic rewards with human precedence, admin-only controls, undo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from app.service import FeedbackService
+from ppo_core.rewards import VaderReward
+from storage.ratings import ratings_for_sample
+from storage.records import ClaimedBatch
+from storage.samples import get_sample
+from tests.app.app_helpers import generate, open_samples, rate_next
+
+
+def test_the_reward_worker_scores_samples_and_human_scores_take_precedence(
+    make_service: Callable[..., FeedbackService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service(reward="vader")
+    alice = service.login("alice")
+    generate(service, 4)
+    assert service.reward_worker.tick()
+    assert service.dashboard().counts["auto_ratings"] == len(open_samples(service)) >= 4
+    newest = max(open_samples(service))
+    with service.db.read_session_factory.begin() as s:
+        [auto] = ratings_for_sample(s, newest)
+        text = get_sample(s, newest).response_text
+    assert auto.source == "vader" and auto.rater_name == "reward:vader"
+    assert auto.score == pytest.approx(VaderReward()([""], [text])[0])
+
+    service.rate(alice.id, newest, -0.75)  # a person overrides the reward model on this one
+    claimed: list[ClaimedBatch] = []
+    real_step = service.trainer.step
+
+    def spy(batch: ClaimedBatch) -> dict[str, Any]:
+        claimed.append(batch)
+        return real_step(batch)
+
+    monkeypatch.setattr(service.trainer, "step", spy)
+    assert service.trainer.tick() and service.publisher.version == 1
+    scores = {x.sample_id: x.score for x in claimed[0].samples}
+    assert scores.pop(newest) == -0.75  # not the automatic score
+    [(other, score)] = scores.items()  # scored by the reward model only
+    with service.db.read_session_factory.begin() as s:
+        assert [(r.source, r.score) for r in ratings_for_sample(s, other)] == [("vader", score)]
+
+
+def test_human_only_mode_ignores_automatic_scores(make_service: Callable[..., FeedbackService]) -> None:
+    service = make_service(reward="vader")
+    admin = service.login("admin")
+    generate(service, 4)
+    assert service.reward_worker.tick()
+    service.set_reward_source(admin.id, "human")
+    assert service.dashboard().reward_source == "human"
+    assert not service.reward_worker.tick()
+    assert not service.trainer.tick()  # every sample has an automatic score, none a human one
+    rate_next(service, admin.id, 2)
+    assert service.trainer.tick() and service.publisher.version == 1
+
+
+def test_controls_that_change_training_are_for_admins_only(make_service: Callable[..., FeedbackService]) -> None:
+    service = make_service()
+    rater, admin = service.login("alice"), service.login(" admin ")
+    assert not rater.is_admin and admin.is_admin and admin.name == "admin"
+    for action in (
+        lambda: service.set_paused(rater.id, True),
+        lambda: service.set_reward_source(rater.id, "vader"),
+        lambda: service.save_checkpoint(rater.id),
+    ):
+        with pytest.raises(PermissionError):
+            action()
+    with pytest.raises(ValueError):
+        service.set_reward_source(admin.id, "no-such-reward")
+    service.set_reward_source(admin.id, "length:5")
+    assert service.dashboard().reward_source == "length:5"
+    service.set_reward_source(admin.id, "human")
+
+    generate(service, 2)
+    rate_next(service, rater.id, 2)
+    service.set_paused(admin.id, True)
+    assert not service.trainer.tick() and service.dashboard().training == "paused"
+    service.set_paused(admin.id, False)
+    assert service.trainer.tick() and service.publisher.version == 1
+    with pytest.raises(ValueError, match="not running"):
+        service.save_checkpoint(admin.id)  # the trainer thread was never started here
+    with pytest.raises(ValueError):
+        service.login("   ")
+
+
+def test_undo_takes_back_the_last_rating_until_its_batch_is_claimed(
+    make_service: Callable[..., FeedbackService],
+) -> None:
+    service = make_service()
+    alice = service.login("alice")
+    generate(service, 4)
+    assert service.undo(alice.id).notice == "Nothing to undo"
+    first = service.next_for(alice.id).assignment
+    assert first is not None
+    rated = service.rate(alice.id, first.sample_id, 0.5)
+    assert rated.progress.rated == 1 and rated.progress.can_undo
+    assert rated.assignment is not None and rated.assignment.sample_id != first.sample_id
+
+    undone = service.undo(alice.id)
+    assert undone.notice == "Undone" and undone.progress.rated == 0 and not undone.progress.can_undo
+    assert undone.assignment is not None and undone.assignment.sample_id == first.sample_id  # offered again
+    with pytest.raises(ValueError):
+        service.rate(alice.id, first.sample_id, 7.0)  # outside the scale
+    skipped = service.skip(alice.id, first.sample_id)
+    assert skipped.progress.skipped == 1 and skipped.assignment is not None
+    assert skipped.assignment.sample_id != first.sample_id
+
+    rate_next(service, alice.id, 2)
+    assert service.trainer.tick()  # the batch with alice's last rating is claimed and trained
+    locked = service.undo(alice.id)
+    assert locked.notice is not None and locked.notice.startswith("Cannot undo")
+    assert locked.progress.rated == 2 and not locked.progress.can_undo

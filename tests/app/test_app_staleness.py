@@ -1,0 +1,66 @@
+"""Staleness policy: samples older than `max_staleness` versions are never trained; samples inside the window are
+trained with the importance correction from their stored behaviour log-probs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from app.service import FeedbackService
+from storage.history import training_history
+from storage.samples import get_sample
+from tests.app.app_helpers import batch_of, batches, generate, open_samples, stale_samples
+
+
+def test_too_old_samples_are_never_trained_and_in_window_ones_use_their_behaviour_logprobs(
+    make_service: Callable[..., FeedbackService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service(max_staleness=1)
+    alice = service.login("alice")
+    generate(service, 4)
+    a, b, c, d = sorted(open_samples(service))  # four samples of version 0
+    calls: list[dict[str, Any]] = []
+    real_step = service.trainer.trainer.step
+
+    def spy(queries: Any, responses: Any, scores: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append({"responses": responses, **kwargs})
+        return real_step(queries, responses, scores, **kwargs)
+
+    monkeypatch.setattr(service.trainer.trainer, "step", spy)
+    for sample_id in (a, b):
+        service.rate(alice.id, sample_id, 1.0)
+    assert service.trainer.tick() and service.publisher.version == 1
+
+    service.generator.tick()  # new weights: a batch from version 1 at once
+    e, f = sorted(i for i, v in open_samples(service).items() if v == 1)
+    for sample_id in (c, e):  # one sample one version old (inside the window), one current
+        service.rate(alice.id, sample_id, 0.5)
+    assert service.trainer.tick() and service.publisher.version == 2
+    with service.db.read_session_factory.begin() as s:
+        stored_c = get_sample(s, c)
+        last_step = training_history(s)[-1]
+    assert last_step.stats["app/staleness_max"] == 1.0
+    used = {tuple(r.tolist()): lp for r, lp in zip(calls[-1]["responses"], calls[-1]["behaviour_logprobs"])}
+    torch.testing.assert_close(used[stored_c.response_ids], torch.tensor(stored_c.behaviour_logprobs))
+
+    for sample_id in (d, f):  # d is now two versions old: beyond max_staleness=1
+        service.rate(alice.id, sample_id, -1.0)
+    assert not service.trainer.tick()  # only f is trainable: no full batch
+    assert d in stale_samples(service) and f in open_samples(service)
+    assert len(calls) == 2 and service.publisher.version == 2
+    rated = {(r.prompt, r.response) for r in service.recent_ratings(50)}
+    with service.db.read_session_factory.begin() as s:
+        stored_d = get_sample(s, d)
+    assert (stored_d.prompt_text, stored_d.response_text) in rated  # the rating is kept and exported
+
+    service.generator.tick()
+    newest = max(i for i, v in open_samples(service).items() if v == 2)
+    service.rate(alice.id, newest, 1.0)
+    assert service.trainer.tick() and service.publisher.version == 3
+    assert batch_of(service, f) == batch_of(service, newest) is not None
+    assert batch_of(service, d) is None and d in stale_samples(service)
+    assert [x.status for x in batches(service)] == ["trained"] * 3
+    assert service.dashboard().counts["stale"] >= 1
