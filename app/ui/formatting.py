@@ -1,0 +1,115 @@
+"""Pure functions from service views to what the page shows: strings, tables and plot frames.
+
+No Gradio here, so every display rule is testable without a browser. Markdown produced here only ever
+interpolates numbers and service-chosen status words; model output and prompts go to Textboxes and
+plain-text table cells, never into Markdown or HTML (see docs/ui.md, "XSS").
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+from app.views import Comparison, Dashboard, HistoryPoint, Progress, RaterView, RatingRow
+
+QUICK_LABELS = ("Bad", "Poor", "OK", "Good", "Great")
+PLOT_METRICS = {
+    "mean_score": "Mean score",
+    "kl": "KL to reference",
+    "policy_loss": "Policy loss",
+    "value_loss": "Value loss",
+}
+RECENT_HEADERS = ["time", "rater", "source", "score", "version", "prompt", "response"]
+RECENT_WIDTHS: list[str | int] = ["9%", "9%", "8%", "7%", "8%", "22%", "37%"]
+MAIN_COUNTS = ("unrated", "scored", "trained")
+MORE_COUNTS = ("claimed", "stale", "failed", "samples", "ratings", "raters", "prompts")
+
+
+def quick_scores(lo: float, hi: float, n: int = len(QUICK_LABELS)) -> list[float]:
+    """Evenly spaced quick-score points from ``lo`` to ``hi`` inclusive (keys 1..n)."""
+    step = (hi - lo) / (n - 1)
+    return [round(lo + i * step, 4) for i in range(n)]
+
+
+def quick_label(index: int, score: float) -> str:
+    """Button text: the key to press, a word, and the score it sends."""
+    return f"{index + 1} · {QUICK_LABELS[index]} ({score:+g})"
+
+
+def plain(text: str) -> str:
+    """Escape text meant for a Markdown/HTML slot (names typed by people)."""
+    return html.escape(text, quote=True).replace("*", "&#42;").replace("_", "&#95;").replace("`", "&#96;")
+
+
+def rater_badge(rater: RaterView | None) -> str:
+    if rater is None:
+        return "Not signed in"
+    role = "admin" if rater.is_admin else "rater"
+    return f"Rating as **{plain(rater.name)}** · {role}"
+
+
+def progress_text(progress: Progress) -> str:
+    return f"**{progress.rated}** rated · {progress.skipped} skipped"
+
+
+def version_badge(version: int | None) -> str:
+    return "Model version —" if version is None else f"Model version **v{version}**"
+
+
+def status_text(notice: str | None, waiting: str | None) -> str:
+    """The one-line banner above the response: the service's notice, or why there is nothing to rate."""
+    parts = [f"**{plain(waiting)}**" if waiting else "", plain(notice) if notice else ""]
+    return " · ".join(p for p in parts if p) or "&nbsp;"
+
+
+def dashboard_text(d: Dashboard) -> str:
+    """The status block at the top of the Watch tab."""
+    step_s = "—" if d.last_step_s is None else f"{d.last_step_s:.1f} s"
+    lines = [
+        f"### Model v{d.version} · training: {plain(d.training)}",
+        f"Reward source: `{plain(d.reward_source)}` · prefetch buffer {d.buffer_ready}/{d.buffer_target}"
+        f" · last PPO step {step_s}",
+    ]
+    if d.last_error:
+        lines.append(f"**Last error:** {plain(d.last_error)}")
+    return "\n\n".join(lines)
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """Sample counts: the lifecycle (unrated -> scored -> trained) in bold, then the rest."""
+    main = " · ".join(f"{k} **{counts[k]}**" for k in MAIN_COUNTS if k in counts)
+    more = " · ".join(f"{k} {counts[k]}" for k in MORE_COUNTS if k in counts)
+    return f"Samples: {main}" + (f"  \n<small>{more}</small>" if more else "")
+
+
+def history_frame(points: list[HistoryPoint], metric: str) -> pd.DataFrame:
+    """One metric per PPO step, for a LinePlot with x=step, y=value."""
+    return pd.DataFrame(
+        {"step": [p.step for p in points], "value": [float(getattr(p, metric)) for p in points]},
+        columns=["step", "value"],
+    )
+
+
+def recent_rows(rows: list[RatingRow], width: int = 160) -> list[list[str | float | int]]:
+    """Table rows; long prompts/responses are cut to ``width`` characters (shown as plain text)."""
+    return [
+        [
+            r.time.split(" ")[-1],
+            r.rater,
+            r.source,
+            round(r.score, 3),
+            f"v{r.policy_version}",
+            _cut(r.prompt, width),
+            _cut(r.response, width),
+        ]
+        for r in rows
+    ]
+
+
+def comparison_labels(c: Comparison) -> tuple[str, str]:
+    return f"First version (v{c.first_version})", f"Current version (v{c.current_version})"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

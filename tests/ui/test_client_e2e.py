@@ -1,0 +1,114 @@
+"""End to end through gradio_client against the launched app (real FeedbackService, tiny model, SQLite in tmp_path).
+
+Each Client is one browser session: the signed-in rater lives in that session's gr.State, as in a browser tab.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gradio_client import Client
+
+from tests.ui.live_app import LiveApp
+
+pytestmark = pytest.mark.slow
+
+
+def signed_in(live: LiveApp, name: str, downloads: Path | None = None) -> Client:
+    client = Client(live.url, verbose=False, download_files=str(downloads) if downloads else False)
+    badge, saved, _timer = client.predict(name, api_name="/login")
+    assert name in badge and saved == name
+    return client
+
+
+def downloaded(out: dict[str, Any]) -> Path:
+    """An export's File update ({"value": local path, "visible": True, ...}) -> the downloaded file."""
+    assert out["visible"] is True, "the download box appears"
+    return Path(out["value"])
+
+
+def shown(out: tuple[Any, ...]) -> dict[str, str]:
+    """The /next, /rate, /skip, /undo outputs by meaning."""
+    prompt, response, version, status, progress, _timer = out
+    return {"prompt": prompt, "response": response["value"], "version": version, "status": status, "progress": progress}
+
+
+def test_sign_in_rate_undo_and_a_full_batch_makes_a_new_version(live: LiveApp) -> None:
+    client = signed_in(live, "alice")
+    live.wait_for(lambda d: d.buffer_ready >= live.settings.batch_size, what="a full prefetch buffer")
+    first = shown(client.predict(api_name="/next"))
+    assert first["prompt"] and first["version"] == "Model version **v0**"
+    assert first["progress"] == "**0** rated · 0 skipped"
+
+    after_rate = shown(client.predict(1.0, api_name="/rate"))
+    assert after_rate["status"] == "Rating saved" and after_rate["progress"].startswith("**1** rated")
+    undone = shown(client.predict(api_name="/undo"))
+    assert undone["status"] == "Undone" and undone["progress"].startswith("**0** rated")
+    assert (undone["prompt"], undone["response"]) == (first["prompt"], first["response"]), "undo re-offers the sample"
+
+    for score in (1.0, -1.0, 0.5, 0.0):
+        last = shown(client.predict(score, api_name="/rate"))
+    assert last["progress"].startswith(f"**{live.settings.batch_size}** rated")
+    live.wait_for(lambda d: d.version >= 1, what="the PPO step of the first batch")
+    status, counts = client.predict(api_name="/dashboard")
+    assert status.startswith("### Model v1") and "trained **4**" in counts
+    mean_score = client.predict(api_name="/history")[0]
+    assert len(mean_score["data"]) == 1, "one PPO step, one point"
+    assert _skip_until_version(client, "v1")["version"] == "Model version **v1**"
+
+
+def _skip_until_version(client: Client, version: str, timeout: float = 60.0) -> dict[str, str]:
+    """Skip the v0 samples still in the buffer until the generator's v1 samples come up."""
+    deadline = time.monotonic() + timeout
+    out = shown(client.predict(api_name="/next"))
+    while version not in out["version"]:
+        assert time.monotonic() < deadline, f"no {version} sample within {timeout} s: {out}"
+        out = shown(
+            client.predict(api_name="/skip") if out["response"] or out["prompt"] else client.predict(api_name="/next")
+        )
+    return out
+
+
+def test_admin_controls_are_refused_for_raters_and_work_for_admins(live: LiveApp) -> None:
+    rater, admin = signed_in(live, "bob"), signed_in(live, "admin")
+    for endpoint, args in [("/pause_training", ()), ("/set_reward_source", ("length:5",)), ("/save_checkpoint", ())]:
+        message = rater.predict(*args, api_name=endpoint)
+        assert message.startswith("**Refused.** Admins only:"), (endpoint, message)
+    assert live.service.dashboard().training != "paused"
+    assert live.service.dashboard().reward_source == "human"
+
+    assert admin.predict(api_name="/pause_training") == "Training paused."
+    assert live.service.dashboard().training == "paused"
+    assert "Refused" in admin.predict("no-such-reward", api_name="/set_reward_source"), "a bad spec is shown"
+    assert admin.predict("length:5", api_name="/set_reward_source").startswith("Reward source set to")
+    assert live.service.dashboard().reward_source.startswith("length")
+    assert admin.predict(api_name="/start_training") == "Training running."
+    saved = admin.predict(api_name="/save_checkpoint")
+    assert saved.startswith("Checkpoint saved to")
+
+
+def test_export_downloads_and_compare(live: LiveApp, tmp_path: Path) -> None:
+    client = signed_in(live, "carol", downloads=tmp_path / "downloads")
+    live.wait_for(lambda d: d.buffer_ready >= 2, what="two buffered samples")
+    client.predict(api_name="/next")
+    client.predict(0.5, api_name="/rate")
+    client.predict(-0.5, api_name="/rate")
+    rows = [json.loads(line) for line in downloaded(client.predict(api_name="/export_jsonl")).read_text().splitlines()]
+    assert sorted(r["score"] for r in rows if r.get("rater") == "carol") == [-0.5, 0.5], rows
+    assert downloaded(client.predict(api_name="/export_parquet")).stat().st_size > 0
+    prompt, first, current = client.predict("", api_name="/compare")
+    assert prompt, "an empty prompt means a prompt from the dataset"
+    assert first["label"] == "First version (v0)" and current["label"].startswith("Current version (v")
+    recent = client.predict(api_name="/recent")
+    assert [row[1] for row in recent["data"]].count("carol") == 2
+
+
+def test_actions_before_sign_in_are_refused_not_crashing(live: LiveApp) -> None:
+    client = Client(live.url, verbose=False, download_files=False)
+    assert client.predict(api_name="/pause_training").startswith("**Refused.**")
+    client.predict(0.5, api_name="/rate")  # a "Sign in first" toast; nothing is stored
+    assert live.service.dashboard().counts["ratings"] == 0
