@@ -1,0 +1,166 @@
+"""The feedback store: the single source of truth the rating app and the trainer share.
+
+SQLAlchemy 2.0 on SQLite (WAL) by default, any SQLAlchemy URL otherwise. Open once per process with
+``open_database(url)``; call the repository functions below inside ``with db.session_factory.begin() as s:``,
+one short transaction per operation and per thread. They return frozen records, never ORM rows, and raise a
+``ValueError`` subclass (``storage.errors``) for bad input before writing anything. See docs/storage.md.
+
+This package never imports torch, gradio, ``ppo_core`` or ``app``.
+"""
+
+from storage.batches import (
+    claim_next_batch,
+    fail_batch,
+    finish_batch,
+    get_batch,
+    list_batches,
+    mark_stale,
+    release_all_claims,
+    release_expired_claims,
+)
+from storage.dashboard import counts
+from storage.engine import Database, create_storage_engine, database_url, open_database
+from storage.errors import (
+    BatchStateError,
+    InvalidInput,
+    InvalidPrompt,
+    InvalidSample,
+    InvalidScore,
+    InvalidStep,
+    RatingLocked,
+    SchemaVersionError,
+    StaleClaim,
+    StorageError,
+    UnknownBatch,
+    UnknownPrompt,
+    UnknownRater,
+    UnknownSample,
+)
+from storage.export import export_jsonl, export_parquet, iter_ratings, pairwise_dataset, to_dataset
+from storage.history import latest_checkpoint, list_checkpoints, record_checkpoint, training_history
+from storage.prompts import (
+    add_prompts,
+    add_prompts_from_dataset,
+    add_prompts_from_file,
+    count_prompts,
+    prompts_for_generation,
+)
+from storage.raters import (
+    get_or_create_model_rater,
+    get_or_create_rater,
+    get_rater,
+    list_raters,
+    set_rater_role,
+)
+from storage.ratings import (
+    rater_progress,
+    ratings_for_sample,
+    recent_ratings,
+    record_rating,
+    undo_last_rating,
+)
+from storage.records import (
+    BatchRecord,
+    BatchSample,
+    CheckpointRecord,
+    ClaimedBatch,
+    Counts,
+    NewSample,
+    PromptImport,
+    PromptRecord,
+    RaterProgress,
+    RaterRecord,
+    RatingRecord,
+    RecentRating,
+    SampleRecord,
+    StepIn,
+    StepRecord,
+)
+from storage.samples import (
+    add_samples,
+    count_unrated_unleased,
+    get_sample,
+    next_sample_for_rater,
+    samples_needing_auto_score,
+    skip_sample,
+)
+from storage.schema import HUMAN_SOURCE, SCHEMA_VERSION
+from storage.validation import DEFAULT_SCORE_RANGE
+
+__all__ = [
+    "DEFAULT_SCORE_RANGE",
+    "HUMAN_SOURCE",
+    "SCHEMA_VERSION",
+    "BatchRecord",
+    "BatchSample",
+    "BatchStateError",
+    "CheckpointRecord",
+    "ClaimedBatch",
+    "Counts",
+    "Database",
+    "InvalidInput",
+    "InvalidPrompt",
+    "InvalidSample",
+    "InvalidScore",
+    "InvalidStep",
+    "NewSample",
+    "PromptImport",
+    "PromptRecord",
+    "RaterProgress",
+    "RaterRecord",
+    "RatingLocked",
+    "RatingRecord",
+    "RecentRating",
+    "SampleRecord",
+    "SchemaVersionError",
+    "StaleClaim",
+    "StepIn",
+    "StepRecord",
+    "StorageError",
+    "UnknownBatch",
+    "UnknownPrompt",
+    "UnknownRater",
+    "UnknownSample",
+    "add_prompts",
+    "add_prompts_from_dataset",
+    "add_prompts_from_file",
+    "add_samples",
+    "claim_next_batch",
+    "count_prompts",
+    "count_unrated_unleased",
+    "counts",
+    "create_storage_engine",
+    "database_url",
+    "export_jsonl",
+    "export_parquet",
+    "fail_batch",
+    "finish_batch",
+    "get_batch",
+    "get_or_create_model_rater",
+    "get_or_create_rater",
+    "get_rater",
+    "get_sample",
+    "iter_ratings",
+    "latest_checkpoint",
+    "list_batches",
+    "list_checkpoints",
+    "list_raters",
+    "mark_stale",
+    "next_sample_for_rater",
+    "open_database",
+    "pairwise_dataset",
+    "prompts_for_generation",
+    "rater_progress",
+    "ratings_for_sample",
+    "recent_ratings",
+    "record_checkpoint",
+    "record_rating",
+    "release_all_claims",
+    "release_expired_claims",
+    "samples_needing_auto_score",
+    "set_rater_role",
+    "skip_sample",
+    "to_dataset",
+    "training_history",
+    "undo_last_rating",
+]

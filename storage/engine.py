@@ -1,0 +1,159 @@
+"""One engine per process, a session per operation per thread.
+
+``open_database(url)`` creates or upgrades the schema and returns a ``Database`` holding the engine and two
+session factories. Use them as ``with db.session_factory.begin() as s:`` (commit on success, rollback on
+error) around each repository call; never share a session between threads.
+
+SQLite (the default, a file) gets, on every new connection: WAL journal (readers never block the writer),
+``foreign_keys=ON``, a busy timeout and ``synchronous=FULL`` (a committed rating survives a crash of the
+process and a power cut; ``durable=False`` selects ``NORMAL``: one fsync less per commit, and a power cut may
+lose the last commits, though never consistency). We also take over BEGIN from the ``sqlite3`` driver
+(its documented recipe, see SQLAlchemy's "Enabling Non-Legacy SQLite Transactional Modes"): write sessions start with
+``BEGIN IMMEDIATE``, which takes SQLite's single write lock up front. Two writers then queue on the busy
+timeout instead of both reading and one failing with ``SQLITE_BUSY_SNAPSHOT`` when it tries to write, and
+every read-then-write in a repository function (claim a batch, lease a sample) is serialised. Other
+databases get none of this; the repository code relies on conditional UPDATEs with rowcount checks and
+unique constraints for correctness there (see batches.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from storage.errors import InvalidInput
+from storage.migrate import ensure_schema
+
+log = logging.getLogger(__name__)
+
+READ_ONLY_OPTION = "storage_read_only"
+
+
+@dataclass(frozen=True)
+class Database:
+    """The process's engine and its session factories."""
+
+    url: str
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    """Sessions for reads and writes (``BEGIN IMMEDIATE`` on SQLite)."""
+    read_session_factory: sessionmaker[Session]
+    """Sessions for long reads (exports, dashboards): a plain deferred BEGIN on SQLite, i.e. a WAL snapshot
+    that never blocks raters or the trainer. Do not write through them."""
+    schema_version: str
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def database_url(url: str | os.PathLike[str] | URL) -> URL:
+    """A SQLAlchemy URL; a plain path (no ``://``) means a SQLite file, whose folder is created."""
+    if isinstance(url, URL):
+        return url
+    if isinstance(url, os.PathLike) or "://" not in url:
+        path = Path(url).expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return make_url(f"sqlite:///{path}")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:") or "mode=memory" in str(parsed.query):
+            # Each connection would get its own empty database: the trainer thread would never see a rating.
+            raise InvalidInput("an in-memory SQLite database is invisible to other connections; use a file")
+        Path(parsed.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    return parsed
+
+
+def install_sqlite_hooks(
+    engine: Engine, *, busy_timeout_s: float, durable: bool = True, foreign_keys: bool = True
+) -> None:
+    """Pragmas on connect and our own BEGIN; a no-op for other databases."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver stops emitting BEGIN; _on_begin does it
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def create_storage_engine(
+    url: str | os.PathLike[str] | URL, *, busy_timeout_s: float = 30.0, durable: bool = True, echo: bool = False
+) -> Engine:
+    """The engine ``open_database`` uses, without touching the schema."""
+    parsed = database_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        connect_args["timeout"] = busy_timeout_s
+    engine = create_engine(parsed, echo=echo, connect_args=connect_args, pool_pre_ping=True)
+    install_sqlite_hooks(engine, busy_timeout_s=busy_timeout_s, durable=durable)
+    return engine
+
+
+def open_database(
+    url: str | os.PathLike[str] | URL,
+    *,
+    upgrade: bool = True,
+    busy_timeout_s: float = 30.0,
+    durable: bool = True,
+    echo: bool = False,
+) -> Database:
+    """Open (creating or upgrading the schema) the feedback store at ``url``.
+
+    ``url`` is a SQLAlchemy URL (``sqlite:///data/feedback.db``, ``postgresql+psycopg://...``) or a plain
+    file path for SQLite. A database at an older schema revision is upgraded with Alembic, or refused with
+    ``SchemaVersionError`` when ``upgrade`` is False; one at a revision this code does not know (written by
+    newer code) or holding our tables without a revision is always refused.
+    """
+    parsed = database_url(url)
+    schema_engine = create_engine(
+        parsed, poolclass=NullPool, connect_args={"timeout": busy_timeout_s} if _is_sqlite(parsed) else {}
+    )
+    # Migrations run with foreign keys off (SQLite's table-rebuild ALTERs need it) and check them at the end.
+    install_sqlite_hooks(schema_engine, busy_timeout_s=busy_timeout_s, foreign_keys=False)
+    try:
+        version = ensure_schema(schema_engine, upgrade=upgrade)
+    finally:
+        schema_engine.dispose()
+    engine = create_storage_engine(parsed, busy_timeout_s=busy_timeout_s, durable=durable, echo=echo)
+    read_engine = engine.execution_options(**{READ_ONLY_OPTION: True})
+    log.info("feedback store open at %s (schema %s)", parsed.render_as_string(hide_password=True), version)
+    return Database(
+        url=parsed.render_as_string(hide_password=False),
+        engine=engine,
+        session_factory=sessionmaker(bind=engine, expire_on_commit=False),
+        read_session_factory=sessionmaker(bind=read_engine, expire_on_commit=False),
+        schema_version=version,
+    )
+
+
+def _is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"

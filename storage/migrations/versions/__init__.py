@@ -1,0 +1,1 @@
+"""Alembic revision scripts; ``schema.SCHEMA_VERSION`` names the newest."""

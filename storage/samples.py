@@ -1,0 +1,208 @@
+"""Samples: adding generated responses, the rater queue with leases, skips, and the reward-model queue.
+
+A lease (``samples.lease_rater_id`` / ``lease_expires_at``) reserves a sample for the rater it was shown to,
+so two raters are never shown the same sample at once; it ends when that rater rates or skips it, or
+expires. Taking a lease is a conditional UPDATE (``... WHERE lease is free``) whose rowcount says whether we
+won, so it is race-free on any database, not only under SQLite's single writer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session
+
+from storage.conversions import sample_record
+from storage.errors import InvalidSample, UnknownPrompt, UnknownSample
+from storage.queries import (
+    check_seconds,
+    is_open,
+    lease_free,
+    rated_by,
+    resolve_now,
+    rowcount,
+    skipped_by,
+)
+from storage.raters import check_model_source, load_rater
+from storage.records import NewSample, SampleRecord
+from storage.schema import MODEL_RATER_PREFIX, Prompt, Rater, Sample, Skip, utcnow
+from storage.validation import check_id, check_int
+
+DEFAULT_LEASE_SECONDS = 300.0
+_CANDIDATES = 8  # rows fetched per round when several raters race for the top of the queue
+
+
+def add_samples(s: Session, samples: Sequence[NewSample]) -> list[int]:
+    """Store generated samples (validated as ``NewSample``s); returns their ids in order."""
+    items = list(samples)
+    if not all(isinstance(x, NewSample) for x in items):
+        raise InvalidSample("add_samples takes NewSample records")
+    wanted = Counter(x.prompt_id for x in items)
+    found = set(s.scalars(select(Prompt.id).where(Prompt.id.in_(wanted))))
+    if missing := sorted(set(wanted) - found):
+        raise UnknownPrompt(f"no prompt with id {missing[0]} (unknown prompt ids: {missing[:10]})")
+    now = utcnow()
+    rows = [
+        Sample(
+            prompt_id=x.prompt_id,
+            response_text=x.response_text,
+            query_ids=[int(t) for t in x.query_ids],
+            response_ids=[int(t) for t in x.response_ids],
+            behaviour_logprobs=[float(lp) for lp in x.behaviour_logprobs],
+            policy_version=int(x.policy_version),
+            generation_settings=dict(x.generation_settings),
+            created_at=now,
+            human_n=0,
+            auto_n=0,
+            stale=False,
+        )
+        for x in items
+    ]
+    s.add_all(rows)
+    for prompt_id, n in sorted(wanted.items()):
+        s.execute(
+            update(Prompt)
+            .where(Prompt.id == prompt_id)
+            .values(sample_count=Prompt.sample_count + n)
+            .execution_options(synchronize_session=False)
+        )
+    s.flush()
+    return [r.id for r in rows]
+
+
+def get_sample(s: Session, sample_id: int) -> SampleRecord:
+    return _record(s, check_id(sample_id, "sample_id", UnknownSample))
+
+
+def next_sample_for_rater(
+    s: Session, rater_id: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, now: datetime | None = None
+) -> SampleRecord | None:
+    """The sample to show this rater, leased to them for ``lease_seconds``; None when nothing is left.
+
+    Asking again returns the same sample (lease renewed) until they rate or skip it or the lease expires.
+    Otherwise: an open sample they have neither rated nor skipped and nobody else holds, newest policy
+    version first, then fewest human ratings (spread raters over unrated samples), then newest.
+    """
+    rater = load_rater(s, rater_id)
+    lease = check_seconds(lease_seconds, "lease_seconds")
+    now = resolve_now(now)
+    until = now + timedelta(seconds=lease)
+    held = _held_lease(s, rater.id, now)
+    if held is not None:
+        sample, prompt_text = held
+        sample.lease_expires_at = until
+        s.flush()
+        return sample_record(sample, prompt_text)
+    for _ in range(3):
+        candidates = s.scalars(_queue(rater.id, now).limit(_CANDIDATES)).all()
+        for sample_id in candidates:
+            if _take_lease(s, sample_id, rater.id, now, until):
+                return _record(s, sample_id)
+        if len(candidates) < _CANDIDATES:
+            break
+    return None
+
+
+def skip_sample(s: Session, rater_id: int, sample_id: int) -> None:
+    """Never show this sample to this rater again; ends their lease on it. Idempotent."""
+    rater = load_rater(s, rater_id)
+    sample = load_sample(s, sample_id)
+    if s.get(Skip, (rater.id, sample.id)) is None:
+        s.add(Skip(rater_id=rater.id, sample_id=sample.id, created_at=utcnow()))
+    if sample.lease_rater_id == rater.id:
+        sample.lease_rater_id = None
+        sample.lease_expires_at = None
+    s.flush()
+
+
+def count_unrated_unleased(s: Session, *, now: datetime | None = None) -> int:
+    """Open samples no person has rated and nobody holds: the generator's buffer level."""
+    now = resolve_now(now)
+    stmt = select(func.count()).where(is_open(), Sample.human_n == 0, lease_free(now))
+    return s.scalar(stmt) or 0
+
+
+def samples_needing_auto_score(s: Session, source: str, limit: int = 64) -> list[SampleRecord]:
+    """Open samples the reward model ``source`` has not scored yet, fewest automatic scores first."""
+    source = check_model_source(source)
+    limit = check_int(limit, "limit", minimum=1)
+    model_id = s.scalar(select(Rater.id).where(Rater.name == MODEL_RATER_PREFIX + source))
+    stmt = select(Sample, Prompt.text).join(Prompt, Prompt.id == Sample.prompt_id).where(is_open())
+    if model_id is not None:
+        stmt = stmt.where(~rated_by(model_id))
+    stmt = stmt.order_by(Sample.auto_n, Sample.id.desc()).limit(limit)
+    return [sample_record(sample, text) for sample, text in s.execute(stmt).tuples()]
+
+
+def load_sample(s: Session, sample_id: int) -> Sample:
+    """The live row, for repository code; raises ``UnknownSample``."""
+    sample = s.get(Sample, check_id(sample_id, "sample_id", UnknownSample))
+    if sample is None:
+        raise UnknownSample(f"no sample with id {sample_id}")
+    return sample
+
+
+def _record(s: Session, sample_id: int) -> SampleRecord:
+    """Read the sample with its prompt, fresh (after bulk UPDATEs the identity map may hold an old copy)."""
+    stmt = (
+        select(Sample, Prompt.text)
+        .join(Prompt, Prompt.id == Sample.prompt_id)
+        .where(Sample.id == sample_id)
+        .execution_options(populate_existing=True)
+    )
+    row = s.execute(stmt).tuples().one_or_none()
+    if row is None:
+        raise UnknownSample(f"no sample with id {sample_id}")
+    return sample_record(*row)
+
+
+def _queue(rater_id: int, now: datetime) -> Select[int]:
+    return (
+        select(Sample.id)
+        .where(is_open(), lease_free(now, rater_id), ~rated_by(rater_id), ~skipped_by(rater_id))
+        .order_by(Sample.policy_version.desc(), Sample.human_n, Sample.id.desc())
+    )
+
+
+def _held_lease(s: Session, rater_id: int, now: datetime) -> tuple[Sample, str] | None:
+    stmt = (
+        select(Sample, Prompt.text)
+        .join(Prompt, Prompt.id == Sample.prompt_id)
+        .where(
+            Sample.lease_rater_id == rater_id,
+            Sample.lease_expires_at > now,
+            is_open(),
+            ~rated_by(rater_id),
+            ~skipped_by(rater_id),
+        )
+        .order_by(Sample.id)
+        .limit(1)
+    )
+    return s.execute(stmt).tuples().first()
+
+
+def _take_lease(s: Session, sample_id: int, rater_id: int, now: datetime, until: datetime) -> bool:
+    """Compare-and-set: lease the sample only if it is still open and free."""
+    won = s.execute(
+        update(Sample)
+        .where(Sample.id == sample_id, is_open(), lease_free(now, rater_id))
+        .values(lease_rater_id=rater_id, lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(won) != 1:
+        return False
+    release_other_leases(s, rater_id, keep=sample_id)
+    return True
+
+
+def release_other_leases(s: Session, rater_id: int, *, keep: int) -> None:
+    """A rater holds at most one lease: free every sample leased to them except ``keep``."""
+    s.execute(
+        update(Sample)
+        .where(Sample.lease_rater_id == rater_id, Sample.id != keep)
+        .values(lease_rater_id=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,170 @@
+"""Samples: validation on add, the rater queue (leases, newest version first, skips), the reward-model queue."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from storage_helpers import in_tx, new_sample, rater, seed, snapshot
+
+import storage
+from storage import Database, NewSample
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_add_samples_round_trips_token_ids_logprobs_and_settings(db: Database) -> None:
+    run = in_tx(db)
+    (pid,), _ = seed(db, prompts=1, samples_per_prompt=0)
+    sample = NewSample(pid, "hi there", [5, 6], [7, 8, 9], 3, [-0.25, -1.5, -3.0], {"temperature": 0.7, "top_p": 1})
+    (sid,) = run(storage.add_samples, [sample])
+    got = run(storage.get_sample, sid)
+    assert (got.query_ids, got.response_ids, got.behaviour_logprobs) == ((5, 6), (7, 8, 9), (-0.25, -1.5, -3.0))
+    assert got.policy_version == 3 and got.prompt_text == "prompt 0" and got.response_text == "hi there"
+    assert dict(got.generation_settings) == {"temperature": 0.7, "top_p": 1}
+    assert got.created_at.tzinfo is not None
+    assert run(storage.prompts_for_generation, 1)[0].sample_count == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"query_ids": []},
+        {"query_ids": "1 2 3"},
+        {"response_ids": [1, "2"]},
+        {"response_ids": [1, -2]},
+        {"response_ids": [True]},
+        {"behaviour_logprobs": [-0.1, -0.2]},  # one per response token
+        {"behaviour_logprobs": [-0.1, math.nan, -0.3]},
+        {"behaviour_logprobs": [-0.1, 0.5, -0.3]},  # a log-probability is <= 0
+        {"policy_version": -1},
+        {"policy_version": "3"},
+        {"generation_settings": {"stop": object()}},
+        {"generation_settings": {"temperature": math.inf}},
+        {"prompt_id": 0},
+    ],
+)
+def test_bad_samples_are_refused_on_construction(kwargs: dict[str, object]) -> None:
+    fields: dict[str, object] = {
+        "prompt_id": 1,
+        "response_text": "r",
+        "query_ids": [1],
+        "response_ids": [1, 2, 3],
+        "policy_version": 0,
+        "behaviour_logprobs": [-0.1, -0.2, -0.3],
+        "generation_settings": {},
+    }
+    with pytest.raises(storage.InvalidSample):
+        NewSample(**{**fields, **kwargs})  # type: ignore[arg-type]
+
+
+def test_unknown_prompt_writes_nothing(db: Database) -> None:
+    (pid,), _ = seed(db, prompts=1, samples_per_prompt=0)
+    before = snapshot(db)
+    with pytest.raises(storage.UnknownPrompt), db.session_factory.begin() as s:
+        storage.add_samples(s, [new_sample(pid), new_sample(pid + 99)])
+    assert snapshot(db) == before
+
+
+def test_two_raters_never_get_the_same_sample_at_once(db: Database) -> None:
+    run = in_tx(db)
+    seed(db, prompts=1, samples_per_prompt=2)
+    alice, bob, carol = rater(db, "alice"), rater(db, "bob"), rater(db, "carol")
+    a = run(storage.next_sample_for_rater, alice)
+    b = run(storage.next_sample_for_rater, bob)
+    assert a is not None and b is not None and a.id != b.id
+    assert run(storage.next_sample_for_rater, carol) is None  # both samples are leased
+    assert run(storage.count_unrated_unleased) == 0
+
+
+def test_asking_again_returns_the_same_leased_sample_until_rated(db: Database) -> None:
+    run = in_tx(db)
+    seed(db, prompts=1, samples_per_prompt=3)
+    alice = rater(db, "alice")
+    first = run(storage.next_sample_for_rater, alice)
+    assert run(storage.next_sample_for_rater, alice).id == first.id
+    run(storage.record_rating, first.id, alice, 0.5)
+    second = run(storage.next_sample_for_rater, alice)
+    assert second is not None and second.id != first.id
+
+
+def test_expired_lease_is_offered_to_someone_else(db: Database) -> None:
+    run = in_tx(db)
+    seed(db, prompts=1, samples_per_prompt=1)
+    alice, bob = rater(db, "alice"), rater(db, "bob")
+    leased = run(storage.next_sample_for_rater, alice, lease_seconds=60, now=T0)
+    assert run(storage.next_sample_for_rater, bob, now=T0 + timedelta(seconds=59)) is None
+    later = run(storage.next_sample_for_rater, bob, now=T0 + timedelta(seconds=61))
+    assert later is not None and later.id == leased.id
+    # alice's lease is gone: she gets nothing (bob holds it now)
+    assert run(storage.next_sample_for_rater, alice, now=T0 + timedelta(seconds=62)) is None
+
+
+def test_skip_ends_the_lease_and_is_never_offered_again(db: Database) -> None:
+    run = in_tx(db)
+    seed(db, prompts=1, samples_per_prompt=2)
+    alice, bob = rater(db, "alice"), rater(db, "bob")
+    first = run(storage.next_sample_for_rater, alice)
+    run(storage.skip_sample, alice, first.id)
+    run(storage.skip_sample, alice, first.id)  # idempotent
+    second = run(storage.next_sample_for_rater, alice)
+    assert second.id != first.id
+    run(storage.record_rating, second.id, alice, 0.0)
+    assert run(storage.next_sample_for_rater, alice) is None
+    assert run(storage.next_sample_for_rater, bob).id in (first.id, second.id)  # skips are per rater
+
+
+def test_queue_is_newest_policy_version_first_then_unrated_first(db: Database) -> None:
+    run = in_tx(db)
+    (pid,), _ = seed(db, prompts=1, samples_per_prompt=0)
+    old, new_a, new_b, mid = run(
+        storage.add_samples, [new_sample(pid, 1), new_sample(pid, 5), new_sample(pid, 5), new_sample(pid, 3)]
+    )
+    alice, bob = rater(db, "alice"), rater(db, "bob")
+    run(storage.record_rating, new_b, bob, 0.1)  # new_b already has a human rating
+    order = []
+    for _ in range(5):  # bounded: a broken queue must fail, not loop
+        if (got := run(storage.next_sample_for_rater, alice)) is None:
+            break
+        order.append(got.id)
+        run(storage.record_rating, got.id, alice, 0.0)
+    assert order == [new_a, new_b, mid, old]
+
+
+def test_samples_needing_auto_score(db: Database) -> None:
+    run = in_tx(db)
+    _, (s1, s2, s3) = seed(db, prompts=1, samples_per_prompt=3)
+    vader = run(storage.get_or_create_model_rater, "vader").id
+    run(storage.record_rating, s2, vader, 0.3, source="vader")
+    todo = run(storage.samples_needing_auto_score, "vader", 10)
+    assert sorted(x.id for x in todo) == [s1, s3]
+    assert len(run(storage.samples_needing_auto_score, "length", 10)) == 3  # another model: all of them
+    with pytest.raises(ValueError):
+        run(storage.samples_needing_auto_score, "human", 10)
+
+
+def test_count_unrated_unleased_is_the_generator_buffer(db: Database) -> None:
+    run = in_tx(db)
+    _, (s1, _s2, _s3) = seed(db, prompts=1, samples_per_prompt=3)
+    alice = rater(db, "alice")
+    vader = run(storage.get_or_create_model_rater, "vader").id
+    assert run(storage.count_unrated_unleased) == 3
+    run(storage.record_rating, s1, vader, 0.2, source="vader")  # automatic scores do not empty the buffer
+    assert run(storage.count_unrated_unleased) == 3
+    leased = run(storage.next_sample_for_rater, alice)
+    assert run(storage.count_unrated_unleased) == 2
+    run(storage.record_rating, leased.id, alice, 0.5)
+    assert run(storage.count_unrated_unleased) == 2
+
+
+def test_unknown_rater_and_sample_ids(db: Database) -> None:
+    run = in_tx(db)
+    _, (sid,) = seed(db, prompts=1, samples_per_prompt=1)
+    alice = rater(db, "alice")
+    with pytest.raises(storage.UnknownRater):
+        run(storage.next_sample_for_rater, alice + 100)
+    with pytest.raises(storage.UnknownSample):
+        run(storage.skip_sample, alice, sid + 100)
+    with pytest.raises(storage.UnknownSample):
+        run(storage.get_sample, "1")
