@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import tempfile
@@ -122,6 +123,7 @@ def measure(live: LiveApp, page: Page, n_idle: int, n_step: int, max_s: float) -
         "max_ms": max(idle + during),
         "last_step_s": d.last_step_s,
         "version": d.version,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -130,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m-instruct", help="'tiny', a registry name or a model folder")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--clicks", type=int, default=None, help="measured clicks per phase (default: 2 batches)")
+    p.add_argument("--clicks", type=int, default=40, help="measured clicks per phase (default: 40)")
     p.add_argument("--max-step-phase-s", type=float, default=300.0, help="give up collecting step clicks after")
     p.add_argument("--screenshots", type=Path, default=None, help="save rate/watch screenshots here")
     p.add_argument("--chromium", default="/usr/bin/chromium")
@@ -140,7 +142,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
-    n = args.clicks or 2 * args.batch_size
+    n = args.clicks
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         root = Path(tmp)
         # "tiny" is wider than the unit tests' model so that a PPO step lasts long enough to click during it.

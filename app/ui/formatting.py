@@ -91,6 +91,15 @@ def history_frame(points: list[HistoryPoint], metric: str) -> pd.DataFrame:
     )
 
 
+def steps_caption(points: list[HistoryPoint]) -> str:
+    """Under the plots: how many steps, and the latest values (a single point draws no line)."""
+    if not points:
+        return "No PPO steps yet."
+    last = points[-1]
+    values = " · ".join(f"{title.lower()} {getattr(last, m):.4g}" for m, title in PLOT_METRICS.items())
+    return f"{len(points)} PPO steps · latest version v{last.version}: {values}"
+
+
 def recent_rows(rows: list[RatingRow], width: int = 160) -> list[list[str | float | int]]:
     """Table rows; long prompts/responses are cut to ``width`` characters (shown as plain text)."""
     return [

@@ -25,6 +25,7 @@ from app.ui.formatting import (
     dashboard_text,
     history_frame,
     recent_rows,
+    steps_caption,
 )
 
 WATCH_EVENTS: dict[str, Any] = {"concurrency_id": "watch", "concurrency_limit": 4, "show_progress": "hidden"}
@@ -46,12 +47,21 @@ def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
     counts = gr.Markdown("", elem_id="dash-counts")
     admin = build_admin_panel(service, rater)
     plots: list[gr.LinePlot] = []
-    with gr.Row():
-        for metric, title in list(PLOT_METRICS.items())[:2]:
-            plots.append(gr.LinePlot(x="step", y="value", title=title, height=220, elem_id=f"plot-{metric}"))
-    with gr.Row():
-        for metric, title in list(PLOT_METRICS.items())[2:]:
-            plots.append(gr.LinePlot(x="step", y="value", title=title, height=220, elem_id=f"plot-{metric}"))
+    metrics = list(PLOT_METRICS.items())
+    for row in (metrics[:2], metrics[2:]):
+        with gr.Row():
+            plots += [
+                gr.LinePlot(
+                    x="step",
+                    y="value",
+                    title=title,
+                    height=220,
+                    x_axis_format="d",
+                    y_axis_format="~g",
+                    elem_id=f"plot-{m}",
+                )
+                for m, title in row
+            ]
     steps = gr.Markdown("No PPO steps yet.", elem_id="steps-count")
     seen = gr.State(-1)
     with gr.Accordion("Same prompt: first version vs current version", open=False):
@@ -87,7 +97,7 @@ def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
         frames = [history_frame(points, metric) for metric in PLOT_METRICS]
         return (
             *frames,
-            f"{len(points)} PPO steps · latest version v{points[-1].version}" if points else "",
+            steps_caption(points),
             len(points),
         )
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from gradio_client import Client
 
-from tests.ui.live_app import LiveApp
+from tests.ui.live_app import LiveApp, serve, tiny_settings
 
 pytestmark = pytest.mark.slow
 
@@ -112,3 +112,14 @@ def test_actions_before_sign_in_are_refused_not_crashing(live: LiveApp) -> None:
     assert client.predict(api_name="/pause_training").startswith("**Refused.**")
     client.predict(0.5, api_name="/rate")  # a "Sign in first" toast; nothing is stored
     assert live.service.dashboard().counts["ratings"] == 0
+
+
+def test_with_auth_the_login_name_is_the_rater(tiny_model: Path, prompts_file: Path, tmp_path: Path) -> None:
+    settings = tiny_settings(tiny_model, prompts_file, tmp_path / "data", auth=(("alice", "pw"),))
+    with serve(settings, auth=list(settings.auth)) as live:
+        client = Client(live.url, verbose=False, download_files=False, auth=("alice", "pw"))
+        badge, saved, _timer = client.predict("mallory", api_name="/login")  # a typed name cannot override it
+        assert badge == "Rating as **alice** · rater" and saved == "alice"
+        client.predict(api_name="/next")
+        client.predict(0.5, api_name="/rate")
+        assert [r.rater for r in live.service.recent_ratings(5)] == ["alice"]

@@ -13,6 +13,7 @@ from app.ui.formatting import (
     rater_badge,
     recent_rows,
     status_text,
+    steps_caption,
 )
 from app.ui.rate_tab import RateTab
 from app.views import Assignment, HistoryPoint, NextResult, Progress, RaterView, RatingRow
@@ -64,6 +65,10 @@ def test_counts_plots_and_recent_rows() -> None:
     frame = history_frame(points, "mean_score")
     assert frame["step"].tolist() == [1, 2] and frame["value"].tolist() == [0.5, 0.7]
     assert history_frame([], "kl").empty
+    assert steps_caption([]) == "No PPO steps yet."
+    assert steps_caption(points) == (
+        "2 PPO steps · latest version v2: mean score 0.7 · kl to reference 0.02 · policy loss -0.2 · value loss 0.2"
+    )
     row = RatingRow("2026-01-02 03:04:05", "ann", "human", 0.25, 4, "p" * 300, MARKUP)
     assert recent_rows([row])[0][:5] == ["03:04:05", "ann", "human", 0.25, "v4"]
     assert len(str(recent_rows([row])[0][5])) == 160 and recent_rows([row])[0][6] == MARKUP
