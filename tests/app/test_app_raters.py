@@ -116,3 +116,25 @@ def test_undo_takes_back_the_last_rating_until_its_batch_is_claimed(
     locked = service.undo(alice.id)
     assert locked.notice is not None and locked.notice.startswith("Cannot undo")
     assert locked.progress.rated == 2 and not locked.progress.can_undo
+
+
+def test_exports_hold_every_rating(make_service: Callable[..., FeedbackService]) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+
+    service = make_service()
+    alice, bob = service.login("alice"), service.login("bob")
+    generate(service, 4)
+    rated = rate_next(service, alice.id, 2, score=1.0)
+    service.rate(bob.id, rated[0].sample_id, -1.0)
+    jsonl = service.export("jsonl")
+    rows = [json.loads(line) for line in open(jsonl, encoding="utf-8")]
+    assert sorted((r["rater"], r["score"]) for r in rows) == [("alice", 1.0), ("alice", 1.0), ("bob", -1.0)]
+    assert pq.read_table(service.export("parquet")).num_rows == 3
+    assert service.export("pairwise").endswith(".jsonl")
+    with pytest.raises(ValueError):
+        service.export("csv")
+    recent = service.recent_ratings(2)
+    assert [(r.rater, r.score) for r in recent] == [("bob", -1.0), ("alice", 1.0)]
+    assert recent[0].prompt == rated[0].prompt and recent[0].policy_version == 0

@@ -11,7 +11,7 @@ import torch
 
 from app.service import FeedbackService
 from tests.app.app_helpers import batches, generate, open_samples, rate_next, same_weights, weights
-from tests.app.conftest import wait_until
+from tests.app.conftest import PROMPTS, wait_until
 
 
 def test_a_full_batch_trains_exactly_one_step_and_new_samples_carry_the_new_version(
@@ -41,6 +41,12 @@ def test_a_full_batch_trains_exactly_one_step_and_new_samples_carry_the_new_vers
     assert dashboard.training == "waiting for 2 more ratings"
     assert [b.status for b in batches(service)] == ["trained"]
     assert service.generator.status.version == 1
+
+    comparison = service.compare("Say something kind.")
+    assert (comparison.first_version, comparison.current_version) == (0, 1)
+    assert comparison.prompt == "Say something kind."
+    assert service.compare("Say something kind.") == comparison  # greedy, cached per version
+    assert service.compare().prompt == PROMPTS[0]  # the default: the dataset's first prompt
 
 
 def test_a_crash_mid_step_leaves_the_batch_reclaimable_and_the_weights_at_the_last_good_version(
