@@ -27,12 +27,14 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from playwright.sync_api import Page, sync_playwright
 
+from app.service import FeedbackService
+from app.ui.contract import Service
 from app.views import Dashboard
 from tests.ui.live_app import LiveApp, serve, tiny_model_folder, tiny_settings, write_prompts
 
@@ -66,6 +68,34 @@ async (id) => {
 """
 
 
+class TimedService:
+    """The real service as the page sees it, logging every call slower than ``slow_ms`` (to explain outliers)."""
+
+    def __init__(self, slow_ms: float = 250.0) -> None:
+        self._service: FeedbackService | None = None
+        self._slow_ms = slow_ms
+        self.slow: list[tuple[str, float]] = []
+
+    def wrap(self, service: FeedbackService) -> Service:
+        self._service = service
+        return cast(Service, self)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._service, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                ms = (time.perf_counter() - start) * 1000
+                if ms > self._slow_ms and name != "compare":
+                    LOG.warning("slow service call: %s took %.0f ms", name, ms)
+                    self.slow.append((name, ms))
+
+        return timed
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..100); None for no values."""
     if not values:
@@ -85,6 +115,8 @@ def rate_once(page: Page, live: LiveApp, rng: random.Random) -> tuple[float, boo
     before = step_running(live.service.dashboard())
     try:
         ms = float(page.evaluate(CLICK_AND_WAIT, f"q{rng.randint(1, 5)}"))
+        if ms > 1000:
+            LOG.warning("slow click: %.0f ms; status line %r", ms, page.inner_text("#status-line"))
     except Exception:
         LOG.error("status line: %r; dashboard: %s", page.inner_text("#status-line"), live.service.dashboard())
         page.screenshot(path="bench-latency-failure.png", full_page=True)
@@ -158,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             buffer=n + 2 * args.batch_size,  # enough ready samples that the idle phase never waits on generation
         )
         started = time.monotonic()
-        with serve(settings) as live, sync_playwright() as pw:
+        timed = TimedService()
+        with serve(settings, timed.wrap) as live, sync_playwright() as pw:
             LOG.info("app up in %.1f s at %s", time.monotonic() - started, live.url)
             browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -168,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             live.wait_for(lambda d: d.buffer_ready >= d.buffer_target, timeout=1800, what="a full prefetch buffer")
             page.wait_for_function("() => (document.querySelector('#response textarea')?.value ?? '') !== ''")
             result = measure(live, page, n, n, args.max_step_phase_s)
+            result["slow_service_calls"] = [f"{name} {ms:.0f} ms" for name, ms in timed.slow]
             if args.screenshots:
                 save_screenshots(page, args.screenshots)
             browser.close()

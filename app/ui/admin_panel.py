@@ -6,6 +6,7 @@ handlers show as a message (so a rater calling the API directly sees "Admins onl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -25,8 +26,15 @@ def refused(e: Exception) -> str:
     return f"**Refused.** {plain(error_text(e))}"
 
 
-def build_admin_panel(service: Service, rater: gr.State) -> gr.Column:
-    """Lay out the admin panel (initially hidden) inside the current Blocks context; returns it for visibility."""
+Loader = tuple[Callable[..., Any], list[Any], list[Any]]
+"""(handler, inputs, outputs) the page runs once after sign-in."""
+
+
+def build_admin_panel(service: Service, rater: gr.State) -> tuple[gr.Column, Loader]:
+    """Lay out the admin panel (initially hidden) inside the current Blocks context.
+
+    Returns the panel (the page shows it to admins) and a loader that puts the current reward source in the box.
+    """
     with gr.Column(visible=False, elem_id="admin-panel") as panel:
         gr.Markdown("#### Admin · training controls")
         with gr.Row(equal_height=True):
@@ -65,8 +73,11 @@ def build_admin_panel(service: Service, rater: gr.State) -> gr.Column:
         except SERVICE_ERRORS as e:
             return refused(e)
 
+    def on_load() -> str:
+        return service.dashboard().reward_source
+
     start.click(lambda r: on_paused(r, False), [rater], message, api_name="start_training", **ADMIN_EVENTS)
     pause.click(lambda r: on_paused(r, True), [rater], message, api_name="pause_training", **ADMIN_EVENTS)
     apply.click(on_reward, [rater, source], message, api_name="set_reward_source", **ADMIN_EVENTS)
     save.click(on_save, [rater], message, api_name="save_checkpoint", **ADMIN_EVENTS)
-    return panel
+    return panel, (on_load, [], [source])

@@ -112,5 +112,5 @@ def _then_refresh(chain: Any, rate: RateTab, watch: WatchTab, rater: gr.State) -
     """After sign-in: show the rater's sample, then fill the Watch tab without waiting for its first tick."""
     assert rate.load_next is not None
     chain.then(rate.load_next, [rater], rate.outputs, api_visibility="private", **RATE_EVENTS)
-    for fn, inputs, outputs in watch.refreshers:
+    for fn, inputs, outputs in [*watch.refreshers, *watch.loaders]:
         chain.then(fn, inputs, outputs, api_visibility="private", **WATCH_EVENTS)

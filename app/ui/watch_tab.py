@@ -39,13 +39,15 @@ class WatchTab:
     """The admin panel: visible only to admins."""
     refreshers: list[tuple[Any, list[Any], list[Any]]]
     """(handler, inputs, outputs) for each timer refresh, so the page can also run them right after sign-in."""
+    loaders: list[tuple[Any, list[Any], list[Any]]]
+    """(handler, inputs, outputs) to run once after sign-in."""
 
 
 def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
     """Lay out the Watch tab inside the current Blocks context and wire its events."""
     status = gr.Markdown("Loading…", elem_id="dash-status")
     counts = gr.Markdown("", elem_id="dash-counts")
-    admin = build_admin_panel(service, rater)
+    admin, load_reward_source = build_admin_panel(service, rater)
     plots: list[gr.LinePlot] = []
     metrics = list(PLOT_METRICS.items())
     for row in (metrics[:2], metrics[2:]):
@@ -132,4 +134,4 @@ def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
         button.click(
             functools.partial(on_export, fmt), None, export_file, api_name=f"export_{fmt}", concurrency_id="export"
         )
-    return WatchTab(timer, admin, refreshers)
+    return WatchTab(timer, admin, refreshers, [load_reward_source])

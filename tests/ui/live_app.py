@@ -21,6 +21,7 @@ import gradio as gr
 from app.service import FeedbackService
 from app.settings import AppSettings
 from app.ui import build_ui
+from app.ui.contract import Service
 from app.views import Dashboard
 
 log = logging.getLogger(__name__)
@@ -99,13 +100,18 @@ class LiveApp:
 
 
 @contextmanager
-def serve(settings: AppSettings, **launch: Any) -> Iterator[LiveApp]:
-    """Build service and page, start them, yield the running app; stop the server and the service after."""
+def serve(
+    settings: AppSettings, page_service: Callable[[FeedbackService], Service] | None = None, **launch: Any
+) -> Iterator[LiveApp]:
+    """Build service and page, start them, yield the running app; stop the server and the service after.
+
+    ``page_service`` may wrap the service the page talks to (the benchmark times its calls).
+    """
     port = free_port()
     settings = replace(settings, port=port)
     service = FeedbackService(settings)
     try:
-        demo = build_ui(service)
+        demo = build_ui(page_service(service) if page_service else service)
         service.start()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
         try:
