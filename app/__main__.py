@@ -63,6 +63,7 @@ def serve(service: FeedbackService, settings: AppSettings) -> None:
             server_port=settings.port,
             auth=list(settings.auth) or None,
             share=settings.share,
+            allowed_paths=[str(settings.export_dir.resolve())],  # exports may live outside the working directory
             prevent_thread_lock=True,
             quiet=True,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class Worker:
 
     name = "worker"
     error_backoff_s = 2.0
+    nice = 10
+    """Workers run at a lower CPU priority than the threads serving raters (Linux: per thread, inherited by the
+    threads torch starts from it), so a score click is not queued behind generation or a PPO step."""
 
     def __init__(self, errors: ErrorLog, poll_seconds: float) -> None:
         self.errors = errors
@@ -74,6 +78,7 @@ class Worker:
 
     def _run(self) -> None:
         try:
+            _lower_priority(self.nice)
             self.setup()
             while not self.stop_event.is_set():
                 if not self._safe_tick():
@@ -121,3 +126,14 @@ class Worker:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+
+def _lower_priority(nice: int) -> None:
+    """Renice the calling thread (Linux threads are scheduled as tasks); a no-op where that is not possible."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as err:
+        log.debug("could not lower the priority of this thread: %s", err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,7 +130,7 @@ def test_exports_hold_every_rating(make_service: Callable[..., FeedbackService])
     rated = rate_next(service, alice.id, 2, score=1.0)
     service.rate(bob.id, rated[0].sample_id, -1.0)
     jsonl = service.export("jsonl")
-    rows = [json.loads(line) for line in open(jsonl, encoding="utf-8")]
+    rows = [json.loads(line) for line in Path(jsonl).read_text(encoding="utf-8").splitlines()]
     assert sorted((r["rater"], r["score"]) for r in rows) == [("alice", 1.0), ("alice", 1.0), ("bob", -1.0)]
     assert pq.read_table(service.export("parquet")).num_rows == 3
     assert service.export("pairwise").endswith(".jsonl")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import threading
 import time
 from pathlib import Path
@@ -137,3 +138,21 @@ def test_app_imports_only_app_ppo_core_storage_and_libraries_and_nobody_imports_
     backend = {p for p in (ROOT / "app").glob("*.py")}
     gradio_users = {p.name for p in backend if "gradio" in p.read_text(encoding="utf-8")}
     assert gradio_users <= {"__main__.py"}  # the backend is plain Python; only the entry point launches Gradio
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread priority is a Linux feature")
+def test_workers_run_at_a_lower_priority_than_the_threads_serving_raters() -> None:
+    seen: list[int] = []
+
+    class Probe(Worker):
+        name = "probe"
+
+        def tick(self) -> bool:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            self.stop_event.set()
+            return True
+
+    worker = Probe(ErrorLog(), poll_seconds=0.01)
+    worker.start()
+    assert worker.join(5)
+    assert seen == [min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)]
