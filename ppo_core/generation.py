@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,13 @@ def generate_batch(
     kwargs.setdefault("pad_token_id", pad_token_id)
     if length_sampler is not None:
         kwargs["max_new_tokens"] = int(length_sampler())
+    recorder = ChosenLogprobs() if output_logprobs else None
+    if recorder is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), recorder])
     with eval_mode(model), torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            return_dict_in_generate=True,
-            output_logits=output_logprobs,
-            **kwargs,
-        )
-    generated = out.sequences[:, input_ids.shape[1] :]  # (B, G)
-    token_logprobs = _chosen_logprobs(out.logits, generated) if output_logprobs else None  # (B, G)
+        sequences_out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    generated = sequences_out[:, input_ids.shape[1] :]  # (B, G)
+    token_logprobs = recorder.finish(generated) if recorder is not None else None  # (B, G)
     sequences: list[torch.Tensor] = []
     logprobs: list[torch.Tensor] = []
     for i, query in enumerate(queries):
@@ -88,11 +86,35 @@ def generate_batch(
     return Generation(sequences, logprobs if output_logprobs else None)
 
 
-def _chosen_logprobs(step_logits: Sequence[torch.Tensor], generated: torch.Tensor) -> torch.Tensor:
-    """Log-prob under the raw (unwarped) model distribution of each generated token: `(B, G)`."""
-    logits = torch.stack(list(step_logits), dim=1).float()  # (B, G, V)
-    picked = torch.gather(logits, -1, generated.unsqueeze(-1)).squeeze(-1)  # (B, G)
-    return picked - torch.logsumexp(logits, dim=-1)
+class ChosenLogprobs(LogitsProcessor):
+    """Records the log-prob of each sampled token as generation goes, keeping one step's distribution at a time.
+
+    It runs after generate's own processors (none with the usual PPO settings, `min_length=-1`) and before the
+    sampling warpers (temperature, top-k, top-p), so it sees the model's distribution that training uses. Keeping
+    every step's full-vocabulary logits (`output_logits=True`) instead costs B x G x V memory and ~10% speed.
+    """
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None  # (B, V) log-probs of the last step
+        self.picked: list[torch.Tensor] = []  # G x (B,)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self._pick(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _pick(self, chosen: torch.Tensor) -> None:
+        assert self.previous is not None
+        self.picked.append(self.previous.gather(-1, chosen.unsqueeze(-1)).squeeze(-1))  # (B,)
+
+    def finish(self, generated: torch.Tensor) -> torch.Tensor:
+        """Log-probs `(B, G)` of `generated (B, G)`; the last step's choice is only known now."""
+        if self.previous is not None and len(self.picked) < generated.shape[1]:
+            self._pick(generated[:, len(self.picked)])
+        if not self.picked:
+            return torch.zeros(generated.shape, dtype=torch.float32, device=generated.device)
+        return torch.stack(self.picked, dim=1)[:, : generated.shape[1]]
 
 
 def _response_length(tokens: torch.Tensor, eos_token_id: int | None, pad_token_id: int) -> int:

@@ -190,7 +190,7 @@ def _minibatch(
         return stats, False
     loss = (masked_sum(losses.pg_losses, mask) + settings.vf_coef * masked_sum(losses.vf_losses, mask)) / n_tokens
     if not bool(torch.isfinite(loss)):
-        raise NonFiniteError(f"PPO loss is {float(loss)}: step refused, weights left as before the step")
+        raise NonFiniteError(f"PPO loss is {float(loss.detach())}: step refused, weights left as before the step")
     accelerator.backward(loss)
     return stats, True
 

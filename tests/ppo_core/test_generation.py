@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ppo_core import LengthSampler
@@ -65,11 +66,12 @@ def test_generation_batch_size_and_length_sampler(tokenizer):
     assert len(outs) == 3 and all(1 <= len(o) <= 2 for o in outs)
 
 
-def test_output_logprobs_match_a_forward_pass(tokenizer):
+@pytest.mark.parametrize("warpers", [{}, {"temperature": 0.5, "top_k": 5, "top_p": 0.9}])
+def test_output_logprobs_match_a_forward_pass(tokenizer, warpers):
+    """Behaviour log-probs are those of the model's own distribution, whatever the sampling warpers."""
     model = make_model("llama")
-    gen = generate_batch(
-        model, _queries(), 0, None, {"do_sample": True, "max_new_tokens": 5}, return_prompt=False, output_logprobs=True
-    )
+    kwargs = {"do_sample": True, "max_new_tokens": 5, **warpers}
+    gen = generate_batch(model, _queries(), 0, None, kwargs, return_prompt=False, output_logprobs=True)
     assert gen.logprobs is not None
     for query, resp, lp in zip(_queries(), gen.sequences, gen.logprobs):
         ids = torch.cat([query, resp]).unsqueeze(0)
