@@ -169,6 +169,7 @@ class GeneratorWorker(Worker):
         self.kwargs = sampling_kwargs(settings)
         self.greedy_kwargs = {"do_sample": False, "max_new_tokens": settings.max_new_tokens}
         self.batch_size = settings.batch_size
+        self.max_staleness = settings.max_staleness
         self.encode = PromptEncoder(tokenizer, settings.max_prompt_tokens)
         version = publisher.version
         self.status = GeneratorStatus("starting", version, 0, settings.buffer_target, None, 0, 0, time.monotonic())
@@ -192,7 +193,7 @@ class GeneratorWorker(Worker):
         self.serve_requests()
         self.load_newest()
         with self.db.read_session_factory.begin() as s:
-            ready = count_unrated_unleased(s)
+            ready = count_unrated_unleased(s, min_policy_version=self.status.version - self.max_staleness)
         self.status = replace(self.status, ready=ready)
         wanted = min(self.status.target - ready, self.batch_size)
         if self._served_version < self.status.version:

@@ -118,10 +118,15 @@ def skip_sample(s: Session, rater_id: int, sample_id: int) -> None:
     s.flush()
 
 
-def count_unrated_unleased(s: Session, *, now: datetime | None = None) -> int:
-    """Open samples no person has rated and nobody holds: the generator's buffer level."""
+def count_unrated_unleased(s: Session, *, now: datetime | None = None, min_policy_version: int | None = None) -> int:
+    """Open samples no person has rated and nobody holds: the generator's buffer level.
+
+    With `min_policy_version`, samples from older versions (about to go stale) do not count.
+    """
     now = resolve_now(now)
     stmt = select(func.count()).where(is_open(), Sample.human_n == 0, lease_free(now))
+    if min_policy_version is not None:
+        stmt = stmt.where(Sample.policy_version >= min_policy_version)
     return s.scalar(stmt) or 0
 
 
@@ -178,7 +183,7 @@ def _held_lease(s: Session, rater_id: int, now: datetime) -> tuple[Sample, str] 
             ~rated_by(rater_id),
             ~skipped_by(rater_id),
         )
-        .order_by(Sample.id)
+        .order_by(Sample.lease_expires_at.desc(), Sample.id.desc())  # the most recently leased (e.g. after undo)
         .limit(1)
     )
     return s.execute(stmt).tuples().first()

@@ -168,3 +168,25 @@ def test_unknown_rater_and_sample_ids(db: Database) -> None:
         run(storage.skip_sample, alice, sid + 100)
     with pytest.raises(storage.UnknownSample):
         run(storage.get_sample, "1")
+
+
+def test_count_unrated_unleased_can_skip_old_versions(db: Database) -> None:
+    run = in_tx(db)
+    seed(db, prompts=1, samples_per_prompt=2, version=0)
+    with db.session_factory.begin() as s:
+        prompt_id = storage.prompts_for_generation(s, 1)[0].id
+        storage.add_samples(s, [new_sample(prompt_id, 3)])
+    assert run(storage.count_unrated_unleased) == 3
+    assert run(storage.count_unrated_unleased, min_policy_version=1) == 1
+
+
+def test_a_rater_holding_two_leases_is_shown_the_most_recent(db: Database) -> None:
+    run = in_tx(db)
+    _, (s1, s2) = seed(db, prompts=1, samples_per_prompt=2)
+    alice = rater(db, "alice")
+    now = datetime.now(UTC)
+    with db.session_factory.begin() as s:  # two leases at once, as an undo can leave them
+        for sample_id, expires in ((s1, now + timedelta(minutes=5)), (s2, now + timedelta(minutes=10))):
+            row = s.get(storage.schema.Sample, sample_id)
+            row.lease_rater_id, row.lease_expires_at = alice, expires
+    assert run(storage.next_sample_for_rater, alice).id == s2
