@@ -8,10 +8,10 @@ folder); Playwright drives Debian's /usr/bin/chromium. Each measurement clicks a
 page and waits, polling every animation frame, until the rater's progress and the response text have changed:
 `performance.now()` from the click to that frame.
 
-Two phases. Idle: training paused, the generator keeps the prefetch buffer filled (clicks wait for >= 2 ready
-samples, so an empty buffer is never measured). During a step: training resumed with two batches already scored,
-so PPO steps run back to back; a click counts only when the dashboard shows a claimed batch (a step in progress)
-both before and after it. Log to stderr; the last stdout line is `RESULT {json}` with `p50_ms`, `p95_ms`,
+Two phases. Idle: training paused, the generator keeps the prefetch buffer filled (each click waits until a
+next sample exists, so an empty buffer is never measured). During a step: training resumed with the idle phase's
+ratings scored, so PPO steps run back to back; a click counts only when the dashboard shows a claimed batch (a step
+in progress) both before and after it. Log to stderr; the last stdout line is `RESULT {json}` with `p50_ms`, `p95_ms`,
 `p95_ms_during_step`.
 """
 
@@ -111,7 +111,9 @@ def step_running(d: Dashboard) -> bool:
 
 def rate_once(page: Page, live: LiveApp, rng: random.Random) -> tuple[float, bool]:
     """One measured click; returns (ms, whether a PPO step ran before and after the click)."""
-    live.wait_for(lambda d: d.buffer_ready >= 2, timeout=600, what="two ready samples")
+    # The sample on screen plus at least one more: the storage count, not the generator's buffer_ready, which is
+    # only refreshed between generation batches and over-reports while one is being generated.
+    live.wait_for(lambda d: d.counts["unrated"] >= 2, timeout=600, what="a next sample")
     before = step_running(live.service.dashboard())
     try:
         ms = float(page.evaluate(CLICK_AND_WAIT, f"q{rng.randint(1, 5)}"))
