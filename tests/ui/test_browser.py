@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 from transformers import AutoTokenizer
 
 from storage.engine import open_database
@@ -29,12 +29,22 @@ PAYLOAD = (
 
 
 @pytest.fixture
-def page(chromium: Any) -> Iterator[Page]:
+def dialogs() -> list[str]:
+    """Messages of every alert/confirm/prompt the page opened (each is dismissed)."""
+    return []
+
+
+@pytest.fixture
+def page(chromium: Any, dialogs: list[str]) -> Iterator[Page]:
     context = chromium.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.dialogs = []  # type: ignore[attr-defined]
-    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))  # type: ignore[attr-defined]
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
     yield page
     context.close()
 
@@ -55,7 +65,7 @@ def plot_points(page: Page) -> int:
     return page.locator("#plot-mean_score .mark-symbol path").count()
 
 
-def test_rate_a_batch_by_click_and_keyboard(live: LiveApp, page: Page, screenshots: Path) -> None:
+def test_rate_a_batch_by_click_and_keyboard(live: LiveApp, page: Page, dialogs: list[str], screenshots: Path) -> None:
     sign_in(page, live, "alice")
     expect(page.locator("#version-badge")).to_contain_text("v0")
     expect(page.locator("#admin-panel")).to_be_hidden()  # alice is a rater
@@ -84,7 +94,7 @@ def test_rate_a_batch_by_click_and_keyboard(live: LiveApp, page: Page, screensho
     page.reload()  # gr.State is gone; the name comes back from localStorage, the progress from the database
     expect(page.locator("#rater-badge")).to_contain_text("alice")
     rated(page, 4)
-    assert page.dialogs == []  # type: ignore[attr-defined]
+    assert dialogs == []
 
 
 def test_typing_in_a_field_does_not_trigger_shortcuts(live: LiveApp, page: Page) -> None:
@@ -118,7 +128,9 @@ def insert_sample(live: LiveApp, text: str) -> int:
         db.close()
 
 
-def test_markup_in_a_response_is_shown_as_text(live: LiveApp, page: Page, screenshots: Path) -> None:
+def test_markup_in_a_response_is_shown_as_text(
+    live: LiveApp, page: Page, dialogs: list[str], screenshots: Path
+) -> None:
     live.wait_for(lambda d: d.buffer_ready >= d.buffer_target, what="a full buffer")
     insert_sample(live, PAYLOAD)
     sign_in(page, live, "admin")
@@ -136,7 +148,7 @@ def test_markup_in_a_response_is_shown_as_text(live: LiveApp, page: Page, screen
     expect(page.locator("#recent")).to_contain_text("<img src=x onerror=", timeout=15_000)  # table cell: text too
     page.screenshot(path=screenshots / "watch-admin.png", full_page=True)
 
-    assert page.dialogs == [], "an alert() fired"  # type: ignore[attr-defined]
+    assert dialogs == [], "an alert() fired"
     assert page.evaluate("() => window.__xss") is None, "injected script or handler ran"
     assert page.locator("img[src='x']").count() == 0, "an injected <img> exists in the DOM"
     injected = "() => [...document.querySelectorAll('script')].filter(s => s.textContent.includes('__xss')).length"
