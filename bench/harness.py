@@ -24,8 +24,8 @@ RESULT_PREFIX = "RESULT "
 MODELS = ("tiny", "gpt2-6x384", "smollm2")
 # Timed steps per config (after one warm-up step). On 2 CPU cores SmolLM2 at batch 32 x 48 tokens is about a
 # minute per step for ppo_core, so the big configs get few repeats.
-REPEATS = {"tiny": 5, "gpt2-6x384": 3, "smollm2": 2}
-BIG_REPEATS = {"tiny": 5, "gpt2-6x384": 2, "smollm2": 1}  # batch * resp_len >= 32 * 48
+REPEATS = {"tiny": 20, "gpt2-6x384": 3, "smollm2": 2}
+BIG_REPEATS = {"tiny": 20, "gpt2-6x384": 2, "smollm2": 1}  # batch * resp_len >= 32 * 48
 
 
 @dataclass(frozen=True)

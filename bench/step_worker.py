@@ -313,17 +313,23 @@ def generation_results(w: Workload, b: Built, queries: list[torch.Tensor]) -> di
 
 def time_steps(
     w: Workload, b: Built, batch: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
-) -> tuple[list[float], dict[str, Any]]:
-    """One warm-up `step`, then `repeats` timed ones; returns the timings and the last step's stats."""
+) -> tuple[list[float], list[float], dict[str, Any]]:
+    """One warm-up `step`, then `repeats` timed ones: wall seconds, process CPU seconds, last step's stats.
+
+    CPU seconds (all threads of this process) are the noise-robust number on a shared machine: time spent
+    waiting for a core another process holds is not counted (spinning OpenMP threads still are).
+    """
     queries, responses, scores = batch
     warm_s, stats = timed(lambda: b.trainer.step(queries, responses, scores))
     LOG.info("warm-up step %.3fs", warm_s)
-    times = []
+    times, cpu_times = [], []
     for i in range(w.repeats):
+        cpu0 = time.process_time()
         seconds, stats = timed(lambda: b.trainer.step(queries, responses, scores))
-        LOG.info("step %d/%d %.3fs", i + 1, w.repeats, seconds)
+        cpu_times.append(time.process_time() - cpu0)
+        LOG.info("step %d/%d %.3fs (cpu %.3fs)", i + 1, w.repeats, seconds, cpu_times[-1])
         times.append(seconds)
-    return times, stats
+    return times, cpu_times, stats
 
 
 def stat_value(stats: dict[str, Any], key: str) -> float | None:
@@ -349,7 +355,7 @@ def run(w: Workload) -> dict[str, Any]:
     trainer_device = torch.device(getattr(built.trainer, "current_device", device))
     batch = make_batch(w, built, trainer_device)
     gen = generation_results(w, built, batch[0]) if w.gen else {}
-    times, stats = time_steps(w, built, batch)
+    times, cpu_times, stats = time_steps(w, built, batch)
     peak_mb = rss_status_mb("VmHWM")
     import transformers
 
@@ -362,6 +368,8 @@ def run(w: Workload) -> dict[str, Any]:
         "load_s": t_load,
         "step_s": times,
         "step_median_s": statistics.median(times),
+        "step_cpu_s": cpu_times,
+        "step_cpu_median_s": statistics.median(cpu_times),
         "gen": gen,
         "import_rss_mb": import_rss_mb,
         "load_peak_rss_mb": load_peak_mb,

@@ -7,7 +7,8 @@
 
 Per configuration the runs are interleaved, each in a fresh process: ours, trl, ours, trl, ... (`--rounds`), so
 machine noise hits both sides alike; per side we take the median over rounds of the median s/step (and, as a
-noise-robust check on a shared machine, the fastest single step), and the largest peak RSS. Ratios:
+noise-robust checks on a shared machine, the fastest single step and the median process CPU seconds per
+step), and the largest peak RSS. Ratios:
 speedup = TRL s/step / ours s/step (target >= 2); mem ratio = ours peak RSS / TRL peak RSS (target < 1).
 Generation: ours (whole list at once) vs TRL's default (4 prompts at a time for a list) and vs TRL at
 batch_size=B. The table goes to the log (stderr); the last stdout line is `RESULT {json}`.
@@ -31,12 +32,14 @@ from trl_env import ensure_trl_env
 LOG = logging.getLogger("bench.vs_trl")
 
 SPEEDUP_TARGET = 2.0
+RESULT_KEYS = ("config", "speedup", "speedup_min", "speedup_cpu", "mem_ratio", "gen_ratio_vs_trl_default")
 HEADER = (
     "config",
     "ours s/step",
     "trl s/step",
     "speedup",
     "speedup(min)",
+    "speedup(cpu)",
     "ours peak MB",
     "trl peak MB",
     "mem ratio",
@@ -60,6 +63,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "step_s": statistics.median(r["step_median_s"] for r in runs),
         "step_min_s": min(t for r in runs for t in r["step_s"]),
+        "step_cpu_s": statistics.median(r["step_cpu_median_s"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "gen_tokens_per_s": gen("default"),
         "gen_full_batch_tokens_per_s": gen("full_batch"),
@@ -84,6 +88,7 @@ def compare(cfg: Config, ours: dict[str, Any], trl: dict[str, Any]) -> dict[str,
         "trl": trl,
         "speedup": trl["step_s"] / ours["step_s"],
         "speedup_min": trl["step_min_s"] / ours["step_min_s"],
+        "speedup_cpu": trl["step_cpu_s"] / ours["step_cpu_s"],
         "mem_ratio": ours["peak_rss_mb"] / trl["peak_rss_mb"],
         "gen_ratio_vs_trl_default": ratio(ours["gen_tokens_per_s"], trl["gen_tokens_per_s"]),
         "gen_ratio_vs_trl_full_batch": ratio(ours["gen_tokens_per_s"], trl["gen_full_batch_tokens_per_s"]),
@@ -118,6 +123,7 @@ def row(c: dict[str, Any]) -> list[Any]:
         t["step_s"],
         c["speedup"],
         c["speedup_min"],
+        c["speedup_cpu"],
         o["peak_rss_mb"],
         t["peak_rss_mb"],
         c["mem_ratio"],
@@ -189,8 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         "rounds": rounds,
         **verdict(results, errors),
         "configs": [
-            {k: c[k] for k in ("config", "speedup", "speedup_min", "mem_ratio", "gen_ratio_vs_trl_default")}
-            | {"ours_s": c["ours"]["step_s"], "trl_s": c["trl"]["step_s"]}
+            {k: c[k] for k in RESULT_KEYS} | {"ours_s": c["ours"]["step_s"], "trl_s": c["trl"]["step_s"]}
             for c in results
         ],
         "errors": errors,
