@@ -22,9 +22,11 @@ run: $(STAMP)
 example: $(STAMP)
 	$(PY) examples/ppo_sentiment.py
 
+CODE := app ppo_core storage tests bench examples
+
 lint: $(STAMP)
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
+	.venv/bin/ruff check $(CODE)
+	.venv/bin/ruff format --check $(CODE)
 
 typecheck: $(STAMP)
 	.venv/bin/mypy app ppo_core storage
