@@ -113,8 +113,9 @@ class PPOConfig:
     """Keep dropout on in optimisation passes. Off by default: dropout makes the PPO ratio != 1 before any
     update (Huang et al. 2023, "The N implementation details of RLHF with PPO", sec. "disable dropout")."""
     rollback_nonfinite: bool = True
-    """Keep a copy of trainable weights and optimizer state during a step, so a step that meets a NaN/inf loss
-    or gradient after some updates is rolled back whole. Without it, non-finite updates are still never applied."""
+    """Keep a CPU copy of the trainable weights during a step (and of the optimizer state when training on an
+    accelerator), so a step that meets a NaN/inf loss or gradient after some updates is rolled back whole.
+    Without it, non-finite updates are still never applied, but earlier updates of that step stay."""
     importance_weight_cap: float = 1.0
     """Truncation of the off-policy weight pi_old / mu when `step(..., behaviour_logprobs=...)` is given
     (decoupled PPO, Hilton et al. 2021; truncation as in V-trace, Espeholt et al. 2018)."""

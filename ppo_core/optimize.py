@@ -56,18 +56,24 @@ class OptimSettings:
 
 
 class Snapshot:
-    """Trainable weights and optimizer state, kept on the CPU, to undo a step."""
+    """Trainable weights (and, for models on an accelerator, optimizer state) kept on the CPU, to undo a step.
+
+    On an accelerator the copy costs host memory only, so the optimizer state is kept too and a rollback is exact.
+    On the CPU it would triple the copy (Adam keeps two moments per weight), so only the weights are kept: they
+    are restored exactly, and the optimizer keeps the moments of the finite updates it had made.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.params = [(p, p.detach().to("cpu", copy=True)) for p in model.parameters() if p.requires_grad]
-        state = optimizer.state_dict()
-        self.optimizer_state = _to_cpu_copy(state)
+        on_accelerator = any(p.device.type != "cpu" for p, _ in self.params)
+        self.optimizer_state = _to_cpu_copy(optimizer.state_dict()) if on_accelerator else None
 
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
         with torch.no_grad():
             for param, saved in self.params:
                 param.copy_(saved.to(param.device))
-        optimizer.load_state_dict(self.optimizer_state)
+        if self.optimizer_state is not None:
+            optimizer.load_state_dict(self.optimizer_state)
 
 
 def _to_cpu_copy(obj: Any) -> Any:
