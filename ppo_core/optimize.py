@@ -10,11 +10,12 @@ Guards that TRL 0.11.4 lacks:
 from __future__ import annotations
 
 import math
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -56,24 +57,41 @@ class OptimSettings:
 
 
 class Snapshot:
-    """Trainable weights (and, for models on an accelerator, optimizer state) kept on the CPU, to undo a step.
+    """The trainable weights before a step (and, on an accelerator, the optimizer state), to undo the step.
 
-    On an accelerator the copy costs host memory only, so the optimizer state is kept too and a rollback is exact.
-    On the CPU it would triple the copy (Adam keeps two moments per weight), so only the weights are kept: they
-    are restored exactly, and the optimizer keeps the moments of the finite updates it had made.
+    On an accelerator the copy goes to host memory (free on the device) with the optimizer state, so a rollback is
+    exact. On the CPU the weights are spilled to an anonymous temporary file: the copy sits in the page cache, not
+    in the process's memory, and is only read back on a rollback; the optimizer keeps the moments of the finite
+    updates it had made (copying Adam's two moments would triple the cost of every step for a rare event).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.params = [(p, p.detach().to("cpu", copy=True)) for p in model.parameters() if p.requires_grad]
-        on_accelerator = any(p.device.type != "cpu" for p, _ in self.params)
-        self.optimizer_state = _to_cpu_copy(optimizer.state_dict()) if on_accelerator else None
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.on_accelerator = any(p.device.type != "cpu" for p in self.params)
+        self.host: list[torch.Tensor] = []
+        self.optimizer_state: dict[str, Any] | None = None
+        self.spill: IO[bytes] | None = None
+        if self.on_accelerator:
+            self.host = [p.detach().to("cpu", copy=True) for p in self.params]
+            self.optimizer_state = _to_cpu_copy(optimizer.state_dict())
+        else:
+            self.spill = tempfile.TemporaryFile()  # noqa: SIM115 - lives across the step; close() deletes it
+            torch.save([p.detach() for p in self.params], self.spill)
 
     def restore(self, optimizer: torch.optim.Optimizer) -> None:
+        saved = self.host
+        if self.spill is not None:
+            self.spill.seek(0)
+            saved = torch.load(self.spill, weights_only=True)
         with torch.no_grad():
-            for param, saved in self.params:
-                param.copy_(saved.to(param.device))
+            for param, value in zip(self.params, saved):
+                param.copy_(value.to(param.device))
         if self.optimizer_state is not None:
             optimizer.load_state_dict(self.optimizer_state)
+
+    def close(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
 
 
 def _to_cpu_copy(obj: Any) -> Any:
@@ -111,6 +129,9 @@ def run_ppo_epochs(
         if snapshot is not None:
             snapshot.restore(optimizer)
         raise
+    finally:
+        if snapshot is not None:
+            snapshot.close()
     return all_stats
 
 
