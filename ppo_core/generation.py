@@ -9,7 +9,7 @@ Differences from TRL 0.11.4's `_generate_batched`, on purpose:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +27,21 @@ class Generation:
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run a block with dropout off, restoring the previous mode afterwards."""
+def module_mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Run a block in train (dropout on) or eval mode, restoring the previous mode afterwards."""
     was_training = model.training
-    model.eval()
+    if was_training != training:
+        model.train(training)
     try:
         yield
     finally:
-        model.train(was_training)
+        if model.training != was_training:
+            model.train(was_training)
+
+
+def eval_mode(model: nn.Module) -> AbstractContextManager[None]:
+    """Run a block with dropout off (see `module_mode`)."""
+    return module_mode(model, False)
 
 
 def left_pad(

@@ -13,14 +13,13 @@ import math
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
 
 import torch
 from torch import nn
 
-from ppo_core.generation import eval_mode
+from ppo_core.generation import module_mode
 from ppo_core.losses import ppo_losses
 from ppo_core.masked import entropy_from_logits, masked_mean, masked_sum
 from ppo_core.rollout import PaddedBatch, policy_forward
@@ -119,11 +118,12 @@ def run_ppo_epochs(
     snapshot = Snapshot(model, optimizer) if rollback and n_updates > 1 else None
     all_stats: list[dict[str, torch.Tensor]] = []
     try:
-        for backward_inds in _backward_batches(batch.input_ids.shape[0], settings):
-            stats = _backward_batch(model, optimizer, accelerator, batch, targets, settings, backward_inds)
-            all_stats.extend(stats)
-            if settings.early_stopping and stats and _too_far(stats[-1], settings.target_kl):
-                break
+        with module_mode(model, settings.dropout_during_training):
+            for backward_inds in _backward_batches(batch.input_ids.shape[0], settings):
+                stats = _backward_batch(model, optimizer, accelerator, batch, targets, settings, backward_inds)
+                all_stats.extend(stats)
+                if settings.early_stopping and stats and _too_far(stats[-1], settings.target_kl):
+                    break
     except NonFiniteError:
         optimizer.zero_grad(set_to_none=True)
         if snapshot is not None:
@@ -160,15 +160,11 @@ def _backward_batch(
     n_tokens = batch.response_mask[inds].sum().clamp(min=1)
     stats: list[dict[str, torch.Tensor]] = []
     stepped = False
-    mode: AbstractContextManager[None] = nullcontext() if settings.dropout_during_training else eval_mode(model)
-    with mode:
-        if settings.dropout_during_training:
-            model.train()
-        for start in range(0, len(inds), settings.mini_batch_size):
-            mb_inds = inds[start : start + settings.mini_batch_size].to(batch.input_ids.device)
-            mb_stats, contributed = _minibatch(model, accelerator, batch, targets, settings, mb_inds, n_tokens)
-            stats.append(mb_stats)
-            stepped |= contributed
+    for start in range(0, len(inds), settings.mini_batch_size):
+        mb_inds = inds[start : start + settings.mini_batch_size].to(batch.input_ids.device)
+        mb_stats, contributed = _minibatch(model, accelerator, batch, targets, settings, mb_inds, n_tokens)
+        stats.append(mb_stats)
+        stepped |= contributed
     if stepped:
         _checked_step(model, optimizer, accelerator, settings.max_grad_norm)
     optimizer.zero_grad(set_to_none=True)

@@ -11,6 +11,7 @@ are only computed for the R positions that predict response tokens (`logits_to_k
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,4 +111,10 @@ def policy_forward(model: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.
 
 def _accepts_logits_to_keep(lm: Any) -> bool:
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return _forward_takes_logits_to_keep(type(base).__module__, type(base).__qualname__, type(base).forward)
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(module: str, qualname: str, forward: Any) -> bool:
+    """Looked up once per model class: `inspect.signature` on every forward is slow on a tiny model's step."""
+    return "logits_to_keep" in inspect.signature(forward).parameters
