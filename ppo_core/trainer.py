@@ -310,15 +310,18 @@ class PPOTrainer:
             )
             with eval_mode(self.model), self.accelerator.autocast():
                 logprobs, values, logits = policy_forward(self.model, chunk)
+                # only the exact KL needs both full distributions at once; otherwise free the policy's first
+                full_policy = torch.log_softmax(logits.float(), -1) if full else None
+                del logits
                 with self._reference() as ref:
                     ref_logits, _ = lm_window(ref.pretrained_model, chunk)
             ref_lp = logprobs_from_logits(ref_logits, chunk.labels)
-            if full:
-                kls = self.kl_fn(torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1))
+            if full_policy is not None:
+                kls = self.kl_fn(full_policy, torch.log_softmax(ref_logits.float(), -1))
             else:
                 kls = self.kl_fn(logprobs, ref_lp)
+            del ref_logits, full_policy
             parts.append((logprobs, ref_lp, values, kls))
-            del logits, ref_logits
         logprobs, ref_logprobs, values, kls = (torch.cat(p) for p in zip(*parts))
         return logprobs, ref_logprobs, values, kls
 
