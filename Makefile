@@ -37,6 +37,7 @@ test: $(STAMP) lint typecheck
 bench: $(STAMP)
 	$(PY) bench/step.py
 	$(PY) bench/storage.py --rows 1000000
+	$(PY) bench/publish.py
 	$(PY) bench/latency.py
 
 bench-trl: $(STAMP)
