@@ -18,7 +18,7 @@ from ppo_core import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 from ppo_core.prompts import encode_prompt, load_prompts
 from ppo_core.registry import DEFAULT_MODEL, resolve_model
 from ppo_core.rewards import make_reward
-from ppo_core.tiny import tiny_causal_lm, tiny_tokenizer
+from ppo_core.tiny import save_tiny_model
 
 logger = logging.getLogger("examples.ppo_sentiment")
 
@@ -41,10 +41,7 @@ def parse_args() -> argparse.Namespace:
 
 def load_model(name: str) -> tuple[AutoModelForCausalLMWithValueHead, object]:
     if name == "tiny":  # a random 2-layer model: for a fast smoke run, it learns nothing useful
-        folder = tempfile.mkdtemp(prefix="tiny-model-")
-        tiny_causal_lm("llama").save_pretrained(folder)
-        tiny_tokenizer(chat=True).save_pretrained(folder)
-        name = folder
+        name = str(save_tiny_model(tempfile.mkdtemp(prefix="tiny-model-")))
     model = AutoModelForCausalLMWithValueHead.from_pretrained(name)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(name))
     return model, tokenizer

@@ -5,7 +5,9 @@ Everything here is built from a config in memory: no hub access, deterministic u
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -93,3 +95,17 @@ def tiny_causal_lm(
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(lcfg)
+
+
+def save_tiny_model(
+    folder: str | os.PathLike[str], arch: Literal["gpt2", "llama"] = "llama", chat: bool = True, **config: Any
+) -> Path:
+    """Save a tiny random model and its tokenizer like a real model folder (loadable by `--model <folder>`).
+
+    Idempotent: an existing folder is returned as is.
+    """
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        tiny_causal_lm(arch, **config).save_pretrained(path)
+        tiny_tokenizer(chat=chat).save_pretrained(path)
+    return path

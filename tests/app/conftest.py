@@ -29,12 +29,9 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama and a ChatML tokenizer saved like a real model folder (loadable with --model)."""
-    from ppo_core.tiny import tiny_causal_lm, tiny_tokenizer
+    from ppo_core.tiny import save_tiny_model
 
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_causal_lm("llama", n_layer=2, n_embd=64).save_pretrained(folder)
-    tiny_tokenizer(chat=True).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), "llama", n_layer=2, n_embd=64)
 
 
 @pytest.fixture

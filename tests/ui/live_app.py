@@ -43,14 +43,10 @@ def free_port() -> int:
 
 
 def tiny_model_folder(folder: Path, **config: Any) -> Path:
-    """A tiny random GPT-2 (``tiny_causal_lm(**config)``) with a value head and a ChatML tokenizer, saved."""
-    from ppo_core import AutoModelForCausalLMWithValueHead
-    from ppo_core.tiny import tiny_causal_lm, tiny_tokenizer
+    """A tiny random GPT-2 (``tiny_causal_lm(**config)``) with a ChatML tokenizer, saved."""
+    from ppo_core.tiny import save_tiny_model
 
-    if not (folder / "config.json").is_file():
-        AutoModelForCausalLMWithValueHead.from_pretrained(tiny_causal_lm(**config)).save_pretrained(str(folder))
-        tiny_tokenizer(chat=True).save_pretrained(str(folder))
-    return folder
+    return save_tiny_model(folder, "gpt2", **config)
 
 
 def write_prompts(path: Path) -> Path:
