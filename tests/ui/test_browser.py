@@ -97,19 +97,38 @@ def test_rate_a_batch_by_click_and_keyboard(live: LiveApp, page: Page, dialogs: 
     assert dialogs == []
 
 
+KEY_LOG = """() => {
+  window.__keys = [];
+  document.addEventListener("keydown", (ev) => {
+    const t = ev.target;
+    window.__keys.push(`${ev.key}@${t.tagName}${t.type ? ":" + t.type : ""}${t.disabled ? ":disabled" : ""}`);
+  }, true);
+}"""
+
+
+def ratings_by(live: LiveApp, name: str) -> list[float]:
+    """What the database holds for ``name``, newest first: the truth, not the page's progress line."""
+    return [r.score for r in live.service.recent_ratings(100) if r.rater == name]
+
+
 def test_typing_in_a_field_does_not_trigger_shortcuts(live: LiveApp, page: Page) -> None:
     sign_in(page, live, "dora")
+    page.evaluate(KEY_LOG)
     number = page.locator("#exact-score input[type=number]")
     number.fill("")
     number.press_sequentially("0.5")  # "5" here is part of a score being typed, not "Great"
     number.press("u")
     number.press("s")
+    expect(number).to_have_value("0.5")
+    keys = page.evaluate("() => window.__keys")
+    assert all("@INPUT:number" in k for k in keys), f"a key left the number field: {keys}"
     page.wait_for_timeout(500)
+    assert ratings_by(live, "dora") == [], f"a shortcut rated while typing; keys: {keys}"
     rated(page, 0)
     expect(page.locator("#progress")).to_contain_text("0 skipped")
     page.locator("#submit-btn").click()  # the typed score is what gets submitted
     rated(page, 1)
-    assert live.service.recent_ratings(1)[0].score == 0.5
+    assert ratings_by(live, "dora") == [0.5]
 
 
 def insert_sample(live: LiveApp, text: str) -> int:
