@@ -43,7 +43,7 @@ from storage.history import training_history
 from storage.raters import get_or_create_rater, get_rater, set_rater_role
 from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
 from storage.records import SampleRecord
-from storage.samples import get_sample, next_sample_for_rater, skip_sample
+from storage.samples import count_unrated_unleased, get_sample, next_sample_for_rater, skip_sample
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,11 @@ class FeedbackService:
     # ------------------------------------------------------------------------------------------------- watch
     def dashboard(self) -> Dashboard:
         reward = self.rewards.current()
+        version = self.publisher.version
         with self.db.read_session_factory.begin() as s:
             c = counts(s, use_auto_scores=reward.reward is not None)
+            # counted here, not the generator's figure, which is only refreshed between its batches
+            ready = count_unrated_unleased(s, min_policy_version=version - self.settings.max_staleness)
         numbers = {
             "prompts": c.prompts,
             "samples": c.samples,
@@ -212,11 +215,11 @@ class FeedbackService:
         }
         last = self.errors.last()
         return Dashboard(
-            version=self.publisher.version,
+            version=version,
             training=self._training_state(c.scored_not_trained, c.in_claimed_batches),
             reward_source=reward.spec,
             counts=numbers,
-            buffer_ready=self.generator.status.ready,
+            buffer_ready=ready,
             buffer_target=self.generator.status.target,
             last_step_s=self.trainer.status.last_step_s,
             last_error=str(last) if last is not None else None,

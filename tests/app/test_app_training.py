@@ -121,3 +121,18 @@ def test_the_generator_loads_published_weights_whole(make_service: Callable[...,
     generator_state = service.generator.model.state_dict()
     assert all(torch.equal(generator_state[k], published[k]) for k in published)
     assert same_weights(weights(service), dict(published))
+
+
+def test_the_dashboard_buffer_drops_as_soon_as_a_rater_takes_a_sample(
+    make_service: Callable[..., FeedbackService],
+) -> None:
+    """The Watch tab's "prefetch buffer" is what raters can get now, not the generator's figure of its last batch."""
+    service = make_service()
+    generate(service, 3)
+    ready = len(open_samples(service, unleased=True))
+    assert service.dashboard().buffer_ready == ready
+    alice = service.login("alice")
+    assert service.next_for(alice.id).assignment is not None  # leased to alice; the generator has not run since
+    assert service.dashboard().buffer_ready == ready - 1
+    rate_next(service, alice.id, 1)  # rates the leased sample, leases the next one
+    assert service.dashboard().buffer_ready == ready - 2
