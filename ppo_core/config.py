@@ -102,7 +102,8 @@ class PPOConfig:
     whiten_rewards: bool = False
     """Whiten per-token rewards before computing advantages."""
     gradient_checkpointing: bool = False
-    """Enable gradient checkpointing on the policy."""
+    """Enable gradient checkpointing on the policy: layers recompute their activations in the backward pass
+    (less memory, about one more forward per update). Active with dropout off too (see `ppo_core/modes.py`)."""
     is_encoder_decoder: bool | None = None
     """Set by the trainer; only decoder-only models are supported."""
     is_peft_model: bool | None = None

@@ -8,14 +8,14 @@ Differences from TRL 0.11.4's `_generate_batched`, on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList
+
+from ppo_core.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -24,24 +24,6 @@ class Generation:
 
     sequences: list[torch.Tensor]
     logprobs: list[torch.Tensor] | None
-
-
-@contextmanager
-def module_mode(model: nn.Module, training: bool) -> Iterator[None]:
-    """Run a block in train (dropout on) or eval mode, restoring the previous mode afterwards."""
-    was_training = model.training
-    if was_training != training:
-        model.train(training)
-    try:
-        yield
-    finally:
-        if model.training != was_training:
-            model.train(was_training)
-
-
-def eval_mode(model: nn.Module) -> AbstractContextManager[None]:
-    """Run a block with dropout off (see `module_mode`)."""
-    return module_mode(model, False)
 
 
 def left_pad(

@@ -19,9 +19,9 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from ppo_core.generation import module_mode
 from ppo_core.losses import ppo_losses
 from ppo_core.masked import entropy_from_logits, masked_mean, masked_sum
+from ppo_core.modes import optimisation_mode
 from ppo_core.rollout import PaddedBatch, policy_forward
 
 
@@ -118,7 +118,7 @@ def run_ppo_epochs(
     snapshot = Snapshot(model, optimizer) if rollback and n_updates > 1 else None
     all_stats: list[dict[str, torch.Tensor]] = []
     try:
-        with module_mode(model, settings.dropout_during_training):
+        with optimisation_mode(model, settings.dropout_during_training):
             for backward_inds in _backward_batches(batch.input_ids.shape[0], settings):
                 stats = _backward_batch(model, optimizer, accelerator, batch, targets, settings, backward_inds)
                 all_stats.extend(stats)

@@ -16,9 +16,10 @@ from torch import nn
 from ppo_core.advantages import compute_advantages, compute_rewards
 from ppo_core.config import PPOConfig
 from ppo_core.data import Collator, make_dataloader
-from ppo_core.generation import eval_mode, generate_batch
+from ppo_core.generation import generate_batch
 from ppo_core.kl import AdaptiveKLController, FixedKLController, kl_penalty_fn
 from ppo_core.masked import logprobs_from_logits
+from ppo_core.modes import eval_mode
 from ppo_core.optimize import NonFiniteError, OptimSettings, OptimTargets, run_ppo_epochs
 from ppo_core.reference import create_reference_model
 from ppo_core.rollout import PaddedBatch, lm_window, pad_batch, policy_forward

@@ -16,13 +16,14 @@ from tests.ppo_core.factory import make_batch
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
 
 
-def _lora_trainer(tokenizer):
+def _lora_trainer(tokenizer, **config):
     base = tiny_causal_lm("llama", seed=0)
     frozen_base = copy.deepcopy(base)
     model = AutoModelForCausalLMWithValueHead.from_pretrained(base, peft_config=LORA)
+    config = {"batch_size": 4, "mini_batch_size": 2, "learning_rate": 5e-2, **config}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, learning_rate=5e-2), model, tokenizer=tokenizer)
+        trainer = PPOTrainer(PPOConfig(**config), model, tokenizer=tokenizer)
     return trainer, frozen_base
 
 
@@ -81,3 +82,27 @@ def test_lora_reference_responses_come_from_the_base_model(tokenizer):
         expected = out[: int(eos[0, 0]) + 1] if len(eos) else out
         assert torch.equal(ref, expected)
     assert any(not torch.equal(a, b) for a, b in zip(policy, reference))
+
+
+def test_lora_with_gradient_checkpointing_gives_the_adapter_the_same_gradients(tokenizer):
+    """Checkpointed layers whose inputs need no grad (frozen embeddings) must still pass gradients to LoRA."""
+    grads = []
+    for checkpointing in (False, True):
+        trainer, _ = _lora_trainer(tokenizer, gradient_checkpointing=checkpointing, ppo_epochs=1, mini_batch_size=4)
+        trainer.optimizer.step = lambda *a, **k: None  # keep the gradients of the one update, change nothing
+        zero_grad = trainer.optimizer.zero_grad
+        seen = {}
+
+        def capture(*args, _seen=seen, _trainer=trainer, _zero=zero_grad, **kwargs):
+            for n, p in _trainer.model.named_parameters():
+                if p.grad is not None:
+                    _seen[n] = p.grad.clone()
+            _zero(*args, **kwargs)
+
+        trainer.optimizer.zero_grad = capture
+        trainer.step(*make_batch())
+        grads.append(seen)
+    lora = [n for n in grads[0] if "lora_" in n]
+    assert lora and set(grads[1]) == set(grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)

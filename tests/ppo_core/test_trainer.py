@@ -332,3 +332,25 @@ def test_first_minibatch_has_ratio_one_and_no_clipping(tokenizer):
     torch.testing.assert_close(torch.as_tensor(stats["ppo/policy/ratio"]), torch.ones(len(stats["ppo/policy/ratio"])))
     assert stats["ppo/policy/clipfrac"] == 0.0
     assert stats["ppo/policy/approxkl"] == 0.0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(tokenizer, arch):
+    """With dropout off (eval mode) HF skips checkpointing unless the checkpointing modules are marked training."""
+    batch = make_batch(4)
+    results, layer_calls = [], []
+    for checkpointing in (False, True):
+        trainer = make_trainer(tokenizer, arch, gradient_checkpointing=checkpointing, ppo_epochs=1)
+        layer = trainer.model.pretrained_model.base_model.layers[0] if arch == "llama" else None
+        layer = layer or trainer.model.pretrained_model.transformer.h[0]
+        calls = []
+        layer.mlp.register_forward_pre_hook(lambda *_, c=calls: c.append(1))  # inside the checkpoint: seen on replay
+        modes = [m.training for m in trainer.model.modules()]
+        trainer.step(*batch)
+        results.append(params_of(trainer.model))
+        layer_calls.append(len(calls))
+        assert [m.training for m in trainer.model.modules()] == modes  # every module's mode is restored
+    # rollout: policy + reference (reference is a copy, own hooks); training: 2 minibatches, forward (+ replay)
+    assert layer_calls[1] > layer_calls[0], f"no layer was recomputed: {layer_calls}"
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6, msg=key)
