@@ -41,6 +41,19 @@ class OptimTargets:
 
 
 @dataclass(frozen=True)
+class PolicyPass:
+    """Policy outputs with their autograd graph, at the weights before any update, rows in batch order:
+    the rollout's forward, reused as the forward of the first update (`PPOConfig.first_update_from_rollout`)."""
+
+    logprobs: torch.Tensor  # (B, R)
+    values: torch.Tensor  # (B, R)
+    logits: torch.Tensor  # (B, R, V)
+
+    def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.logprobs[index], self.values[index], self.logits[index]  # rows `index`, graph kept
+
+
+@dataclass(frozen=True)
 class OptimSettings:
     ppo_epochs: int
     backward_batch_size: int
@@ -111,8 +124,10 @@ def run_ppo_epochs(
     targets: OptimTargets,
     settings: OptimSettings,
     rollback: bool,
+    first_pass: PolicyPass | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Train on the batch; returns one stats dict per minibatch that ran."""
+    """Train on the batch; returns one stats dict per minibatch that ran. `first_pass`, when given, is the
+    forward of the first minibatch, which must then be the whole batch."""
     n_updates = settings.ppo_epochs * math.ceil(batch.input_ids.shape[0] / settings.backward_batch_size)
     # One update only: it is checked before it is applied, so nothing can need undoing.
     snapshot = Snapshot(model, optimizer) if rollback and n_updates > 1 else None
@@ -120,7 +135,10 @@ def run_ppo_epochs(
     try:
         with optimisation_mode(model, settings.dropout_during_training):
             for backward_inds in _backward_batches(batch.input_ids.shape[0], settings):
-                stats = _backward_batch(model, optimizer, accelerator, batch, targets, settings, backward_inds)
+                stats = _backward_batch(
+                    model, optimizer, accelerator, batch, targets, settings, backward_inds, first_pass
+                )
+                first_pass = None  # the weights have moved: every later minibatch runs its own forward
                 all_stats.extend(stats)
                 if settings.early_stopping and stats and _too_far(stats[-1], settings.target_kl):
                     break
@@ -155,6 +173,7 @@ def _backward_batch(
     targets: OptimTargets,
     settings: OptimSettings,
     inds: torch.Tensor,
+    first_pass: PolicyPass | None,
 ) -> list[dict[str, torch.Tensor]]:
     """Accumulate gradients over the minibatches of `inds`, then take one checked optimizer step."""
     n_tokens = batch.response_mask[inds].sum().clamp(min=1)
@@ -162,7 +181,9 @@ def _backward_batch(
     stepped = False
     for start in range(0, len(inds), settings.mini_batch_size):
         mb_inds = inds[start : start + settings.mini_batch_size].to(batch.input_ids.device)
-        mb_stats, contributed = _minibatch(model, accelerator, batch, targets, settings, mb_inds, n_tokens)
+        outputs = first_pass.select(mb_inds) if first_pass is not None else None
+        first_pass = None
+        mb_stats, contributed = _minibatch(model, accelerator, batch, targets, settings, mb_inds, n_tokens, outputs)
         stats.append(mb_stats)
         stepped |= contributed
     if stepped:
@@ -179,12 +200,16 @@ def _minibatch(
     settings: OptimSettings,
     mb_inds: torch.Tensor,
     n_tokens: torch.Tensor,
+    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
-    """Forward + backward of one minibatch; the loss is normalised by the backward batch's token count."""
+    """Forward (unless `outputs` already holds it) + backward of one minibatch; the loss is normalised by the
+    backward batch's token count."""
     mb = batch.select(mb_inds)
     mask = mb.response_mask
-    with accelerator.autocast():
-        logprobs, vpreds, logits = policy_forward(model, mb)
+    if outputs is None:
+        with accelerator.autocast():
+            outputs = policy_forward(model, mb)
+    logprobs, vpreds, logits = outputs
     weights = targets.importance_weights[mb_inds] if targets.importance_weights is not None else None
     losses = ppo_losses(
         logprobs,

@@ -7,6 +7,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,8 +20,8 @@ from ppo_core.data import Collator, make_dataloader
 from ppo_core.generation import generate_batch
 from ppo_core.kl import AdaptiveKLController, FixedKLController, kl_penalty_fn
 from ppo_core.masked import logprobs_from_logits
-from ppo_core.modes import eval_mode
-from ppo_core.optimize import NonFiniteError, OptimSettings, OptimTargets, run_ppo_epochs
+from ppo_core.modes import eval_mode, optimisation_mode
+from ppo_core.optimize import NonFiniteError, OptimSettings, OptimTargets, PolicyPass, run_ppo_epochs
 from ppo_core.reference import create_reference_model
 from ppo_core.rollout import PaddedBatch, lm_window, pad_batch, policy_forward
 from ppo_core.scores import RunningMoments, scale_scores
@@ -31,6 +32,25 @@ from ppo_core.tracking import TensorBoardTracker, log_summary, reward_stats
 from ppo_core.value_head import AutoModelForCausalLMWithValueHead
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Rollout:
+    """What the rollout of a step computed, all `(B, R)`; `first_pass` is handed to the optimisation once."""
+
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    kls: torch.Tensor
+    first_pass: PolicyPass | None
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(logprobs, ref_logprobs, values, kls)`."""
+        return self.logprobs, self.ref_logprobs, self.values, self.kls
+
+    def take_first_pass(self) -> PolicyPass | None:
+        first, self.first_pass = self.first_pass, None
+        return first
 
 
 class PPOTrainer:
@@ -255,7 +275,8 @@ class PPOTrainer:
         )
         mask = batch.response_mask
         with _timed(timing, "time/ppo/forward_pass"):
-            logprobs, ref_logprobs, values, kls = self._rollout(batch)
+            rollout = self._rollout(batch)
+        logprobs, ref_logprobs, values, kls = rollout.tensors()
         with _timed(timing, "time/ppo/compute_rewards"):
             rewards, non_score = compute_rewards(scores_t, kls, mask, self.kl_ctl.value)
         with _timed(timing, "time/ppo/compute_advantages"):
@@ -281,6 +302,7 @@ class PPOTrainer:
                 targets,
                 self._optim_settings(),
                 self.config.rollback_nonfinite,
+                rollout.take_first_pass(),  # only the callee holds it: its (B, R, V) logits go after one use
             )
         with _timed(timing, "time/ppo/calc_stats"):
             stats = objective_stats(logprobs, ref_logprobs, non_score, scores_t, mask, self.kl_ctl.value)
@@ -296,10 +318,12 @@ class PPOTrainer:
         stats.update(timing)
         return stats
 
-    @torch.no_grad()
-    def _rollout(self, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Policy log-probs, reference log-probs, values and per-token KL `(B, R)`, in minibatch chunks."""
+    def _rollout(self, batch: PaddedBatch) -> Rollout:
+        """Policy log-probs, reference log-probs, values and per-token KL `(B, R)`, in minibatch chunks; with
+        `first_update_from_rollout`, the policy forward keeps its graph for the first update."""
         parts: list[tuple[torch.Tensor, ...]] = []
+        first_pass: PolicyPass | None = None
+        keep_graph = self._first_update_from_rollout(batch)
         full = self.config.kl_penalty == "full"
         for start in range(0, batch.input_ids.shape[0], self.config.mini_batch_size):
             chunk = batch.select(
@@ -309,22 +333,42 @@ class PPOTrainer:
                     device=batch.input_ids.device,
                 )
             )
-            with eval_mode(self.model), self.accelerator.autocast():
-                logprobs, values, logits = policy_forward(self.model, chunk)
-                # only the exact KL needs both full distributions at once; otherwise free the policy's first
-                full_policy = torch.log_softmax(logits.float(), -1) if full else None
-                del logits
-                with self._reference() as ref:
-                    ref_logits, _ = lm_window(ref.pretrained_model, chunk)
-            ref_lp = logprobs_from_logits(ref_logits, chunk.labels)
-            if full_policy is not None:
-                kls = self.kl_fn(full_policy, torch.log_softmax(ref_logits.float(), -1))
+            if keep_graph:  # one chunk: the whole batch, in the mode of the optimisation passes
+                with torch.enable_grad(), optimisation_mode(self.model, False), self.accelerator.autocast():
+                    first_pass = PolicyPass(*policy_forward(self.model, chunk))
+                logprobs, values, logits = (
+                    t.detach() for t in (first_pass.logprobs, first_pass.values, first_pass.logits)
+                )
             else:
-                kls = self.kl_fn(logprobs, ref_lp)
-            del ref_logits, full_policy
-            parts.append((logprobs, ref_lp, values, kls))
+                with torch.no_grad(), eval_mode(self.model), self.accelerator.autocast():
+                    logprobs, values, logits = policy_forward(self.model, chunk)
+            parts.append(self._reference_and_kl(chunk, logprobs, values, logits if full else None))
+            del logits
         logprobs, ref_logprobs, values, kls = (torch.cat(p) for p in zip(*parts))
-        return logprobs, ref_logprobs, values, kls
+        return Rollout(logprobs, ref_logprobs, values, kls, first_pass)
+
+    @torch.no_grad()
+    def _reference_and_kl(
+        self, chunk: PaddedBatch, logprobs: torch.Tensor, values: torch.Tensor, logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        """Reference log-probs and per-token KL of a chunk, `(b, R)`. Only the exact KL (`full`) needs the policy's
+        `logits`; otherwise they are not held while the reference runs."""
+        with self.accelerator.autocast():
+            full_policy = torch.log_softmax(logits.float(), -1) if logits is not None else None
+            del logits
+            with self._reference() as ref:
+                ref_logits, _ = lm_window(ref.pretrained_model, chunk)
+        ref_lp = logprobs_from_logits(ref_logits, chunk.labels)
+        if full_policy is not None:
+            kls = self.kl_fn(full_policy, torch.log_softmax(ref_logits.float(), -1))
+        else:
+            kls = self.kl_fn(logprobs, ref_lp)
+        return logprobs, ref_lp, values, kls
+
+    def _first_update_from_rollout(self, batch: PaddedBatch) -> bool:
+        c = self.config
+        one_minibatch = c.mini_batch_size >= batch.input_ids.shape[0]
+        return c.first_update_from_rollout and one_minibatch and not c.dropout_during_training
 
     def _importance_weights(
         self, logprobs: torch.Tensor, behaviour: torch.Tensor | None, mask: torch.Tensor

@@ -41,7 +41,7 @@ def test_lora_reference_logprobs_are_the_base_model(tokenizer):
         stats = trainer.step(q, r, s)
     assert abs(stats["objective/kl"]) > 1e-4  # the adapter moved the policy away from its reference
     batch = pad_batch(q, r, 0, torch.device("cpu"))
-    policy_lp, ref_lp, _, _ = trainer._rollout(batch)
+    policy_lp, ref_lp, _, _ = trainer._rollout(batch).tensors()
     ids = batch.input_ids
     with torch.no_grad():
         logits = frozen_base(input_ids=ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids).logits

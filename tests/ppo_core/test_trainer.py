@@ -100,14 +100,14 @@ def test_logprobs_and_values_invariant_to_padding_and_minibatch_size(tokenizer):
     trainer = make_trainer(tokenizer, batch_size=4, mini_batch_size=1)
     queries, responses, _ = make_batch()
     full = pad_batch(queries, responses, 0, torch.device("cpu"))
-    lp_1, ref_1, val_1, _ = trainer._rollout(full)
+    lp_1, ref_1, val_1, _ = trainer._rollout(full).tensors()
     trainer.config.mini_batch_size = 4
-    lp_4, _, val_4, _ = trainer._rollout(full)
+    lp_4, _, val_4, _ = trainer._rollout(full).tensors()
     torch.testing.assert_close(lp_1, lp_4, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(val_1, val_4, rtol=1e-5, atol=1e-5)
     for i in range(4):  # each sample alone, without any padding
         alone = pad_batch([queries[i]], [responses[i]], 0, torch.device("cpu"))
-        lp, ref, val, _ = trainer._rollout(alone)
+        lp, ref, val, _ = trainer._rollout(alone).tensors()
         n = len(responses[i])
         torch.testing.assert_close(lp[0, :n], lp_4[i, :n], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(val[0, :n], val_4[i, :n], rtol=1e-5, atol=1e-5)
@@ -248,7 +248,7 @@ def test_response_masks_exclude_tokens(tokenizer):
 def test_behaviour_logprobs_equal_to_policy_change_nothing(tokenizer):
     q, r, s = make_batch()
     plain = make_trainer(tokenizer)
-    lp, *_ = plain._rollout(pad_batch(q, r, 0, torch.device("cpu")))
+    lp, *_ = plain._rollout(pad_batch(q, r, 0, torch.device("cpu"))).tensors()
     behaviour = [lp[i, : len(x)].clone() for i, x in enumerate(r)]
     plain.step(q, r, s)
     corrected = make_trainer(tokenizer)
@@ -354,3 +354,27 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_update(toke
     assert layer_calls[1] > layer_calls[0], f"no layer was recomputed: {layer_calls}"
     for key in results[0]:
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_first_update_from_the_rollout_is_the_same_step_with_one_forward_less(tokenizer, arch):
+    """mini_batch_size == batch_size: the rollout's policy forward doubles as the first update's forward."""
+    batch = make_batch(4)
+    results, stats, forwards = [], [], []
+    for reuse in (False, True):
+        model = make_model(arch)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # SGD: no Adam normalisation hides a changed grad
+        config = PPOConfig(batch_size=4, mini_batch_size=4, ppo_epochs=3, first_update_from_rollout=reuse)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = PPOTrainer(config, model, tokenizer=tokenizer, optimizer=optimizer)
+        calls = []
+        trainer.model.pretrained_model.register_forward_pre_hook(lambda *_, c=calls: c.append(1))
+        stats.append(trainer.step(*batch))
+        results.append(params_of(trainer.model))
+        forwards.append(len(calls))
+    assert forwards == [1 + 3, 3], forwards  # policy forwards: rollout + one per epoch, then one saved
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6, msg=key)
+    for key in ("ppo/loss/total", "ppo/policy/approxkl", "objective/kl", "ppo/val/vpred"):
+        torch.testing.assert_close(torch.tensor(stats[0][key]), torch.tensor(stats[1][key]), rtol=1e-4, atol=1e-6)
