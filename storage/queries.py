@@ -37,16 +37,19 @@ def is_open() -> ColumnElement[bool]:
     return and_(Sample.batch_id.is_(None), Sample.stale == false())
 
 
-def rated_by(rater_id: int) -> ColumnElement[bool]:
+def rated_by(rater_id: int | ColumnElement[int]) -> ColumnElement[bool]:
     return exists(select(Rating.id).where(Rating.sample_id == Sample.id, Rating.rater_id == rater_id))
 
 
-def skipped_by(rater_id: int) -> ColumnElement[bool]:
+def skipped_by(rater_id: int | ColumnElement[int]) -> ColumnElement[bool]:
     return exists(select(Skip.sample_id).where(Skip.sample_id == Sample.id, Skip.rater_id == rater_id))
 
 
-def lease_free(now: datetime, rater_id: int | None = None) -> ColumnElement[bool]:
-    """Not leased, lease expired, or (when ``rater_id`` is given) leased to that rater."""
+def lease_free(
+    now: datetime | ColumnElement[datetime], rater_id: int | ColumnElement[int] | None = None
+) -> ColumnElement[bool]:
+    """Not leased, lease expired, or (when ``rater_id`` is given) leased to that rater. Values or bound
+    parameters (the prebuilt statements of samples.py)."""
     free = or_(Sample.lease_expires_at.is_(None), Sample.lease_expires_at <= now)
     return free if rater_id is None else or_(free, Sample.lease_rater_id == rater_id)
 
