@@ -342,22 +342,22 @@ class PPOTrainer:
             else:
                 with torch.no_grad(), eval_mode(self.model), self.accelerator.autocast():
                     logprobs, values, logits = policy_forward(self.model, chunk)
-            parts.append(self._reference_and_kl(chunk, logprobs, values, logits if full else None))
+            with torch.no_grad():  # only the exact KL needs the policy's distribution while the reference runs
+                full_policy = torch.log_softmax(logits.float(), -1) if full else None
             del logits
+            parts.append(self._reference_and_kl(chunk, logprobs, values, full_policy))
+            del full_policy
         logprobs, ref_logprobs, values, kls = (torch.cat(p) for p in zip(*parts))
         return Rollout(logprobs, ref_logprobs, values, kls, first_pass)
 
     @torch.no_grad()
     def _reference_and_kl(
-        self, chunk: PaddedBatch, logprobs: torch.Tensor, values: torch.Tensor, logits: torch.Tensor | None
+        self, chunk: PaddedBatch, logprobs: torch.Tensor, values: torch.Tensor, full_policy: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
-        """Reference log-probs and per-token KL of a chunk, `(b, R)`. Only the exact KL (`full`) needs the policy's
-        `logits`; otherwise they are not held while the reference runs."""
-        with self.accelerator.autocast():
-            full_policy = torch.log_softmax(logits.float(), -1) if logits is not None else None
-            del logits
-            with self._reference() as ref:
-                ref_logits, _ = lm_window(ref.pretrained_model, chunk)
+        """Reference log-probs and per-token KL of a chunk, `(b, R)`; `full_policy` `(b, R, V)`: the policy's
+        log-softmax, for the exact KL (`kl_penalty="full"`) only."""
+        with self.accelerator.autocast(), self._reference() as ref:
+            ref_logits, _ = lm_window(ref.pretrained_model, chunk)
         ref_lp = logprobs_from_logits(ref_logits, chunk.labels)
         if full_policy is not None:
             kls = self.kl_fn(full_policy, torch.log_softmax(ref_logits.float(), -1))
