@@ -90,18 +90,28 @@ def test_a_nan_mid_step_is_rolled_back_and_the_batch_retried(make_service: Calla
     generate(service, 2)
     rate_next(service, alice.id, 2)
     before = weights(service)
-    calls = {"n": 0}
+    updates = {"n": 0, "nan_forwards": 0}
+    optimizer = service.trainer.trainer.optimizer
+    real_step = optimizer.step
 
-    def nan_in_second_epoch(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        calls["n"] += 1  # 1: rollout, 2: epoch 1 (weights updated), 3: epoch 2 -> NaN
-        return output * float("nan") if calls["n"] >= 3 else output
+    def counted_step(*args: Any, **kwargs: Any) -> Any:
+        updates["n"] += 1
+        return real_step(*args, **kwargs)
 
-    handle = service.trainer.model.v_head.register_forward_hook(nan_in_second_epoch)
+    def nan_after_an_update(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        if updates["n"] == 0:  # the rollout and the first update run on the weights before the step
+            return output
+        updates["nan_forwards"] += 1  # epoch 2, after epoch 1 moved the weights -> NaN
+        return output * float("nan")
+
+    optimizer.step = counted_step
+    handle = service.trainer.model.v_head.register_forward_hook(nan_after_an_update)
     try:
         assert service.trainer.tick()
     finally:
         handle.remove()
-    assert calls["n"] >= 3
+        optimizer.step = real_step
+    assert updates["n"] >= 1 and updates["nan_forwards"] >= 1  # the NaN came after a real update
     assert same_weights(before, weights(service))
     assert service.publisher.version == 0
     [batch] = batches(service)
