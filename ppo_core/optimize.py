@@ -126,8 +126,8 @@ def run_ppo_epochs(
     rollback: bool,
     first_pass: PolicyPass | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Train on the batch; returns one stats dict per minibatch that ran. `first_pass`, when given, is the
-    forward of the first minibatch, which must then be the whole batch."""
+    """Train on the batch; returns one stats dict per minibatch that ran. `first_pass` (every row, at the
+    weights before the step) replaces the forward of the first minibatch."""
     n_updates = settings.ppo_epochs * math.ceil(batch.input_ids.shape[0] / settings.backward_batch_size)
     # One update only: it is checked before it is applied, so nothing can need undoing.
     snapshot = Snapshot(model, optimizer) if rollback and n_updates > 1 else None

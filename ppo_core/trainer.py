@@ -345,15 +345,16 @@ class PPOTrainer:
             with torch.no_grad():  # only the exact KL needs the policy's distribution while the reference runs
                 full_policy = torch.log_softmax(logits.float(), -1) if full else None
             del logits
-            parts.append(self._reference_and_kl(chunk, logprobs, values, full_policy))
+            ref_lp, kls = self._reference_and_kl(chunk, logprobs, full_policy)
             del full_policy
+            parts.append((logprobs, ref_lp, values, kls))
         logprobs, ref_logprobs, values, kls = (torch.cat(p) for p in zip(*parts))
         return Rollout(logprobs, ref_logprobs, values, kls, first_pass)
 
     @torch.no_grad()
     def _reference_and_kl(
-        self, chunk: PaddedBatch, logprobs: torch.Tensor, values: torch.Tensor, full_policy: torch.Tensor | None
-    ) -> tuple[torch.Tensor, ...]:
+        self, chunk: PaddedBatch, logprobs: torch.Tensor, full_policy: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference log-probs and per-token KL of a chunk, `(b, R)`; `full_policy` `(b, R, V)`: the policy's
         log-softmax, for the exact KL (`kl_penalty="full"`) only."""
         with self.accelerator.autocast(), self._reference() as ref:
@@ -363,7 +364,7 @@ class PPOTrainer:
             kls = self.kl_fn(full_policy, torch.log_softmax(ref_logits.float(), -1))
         else:
             kls = self.kl_fn(logprobs, ref_lp)
-        return logprobs, ref_lp, values, kls
+        return ref_lp, kls
 
     def _first_update_from_rollout(self, batch: PaddedBatch) -> bool:
         c = self.config
