@@ -64,6 +64,22 @@ class AppSettings:
     """Seed of torch/numpy/random (set once when the trainer is built)."""
     share: bool = False
     """Ask Gradio for a public share link."""
+    insecure_no_auth: bool = False
+    """Serve beyond loopback (or with --share) without --auth: anyone who reaches the page can rate and watch."""
+    admin_token: str | None = None
+    """Without --auth, the admin's secret (opened as `/?admin=TOKEN`); None = a random one printed at start-up."""
+    reward_choices: tuple[str, ...] = ("human", "vader", "length:40")
+    """Reward sources an admin may switch to on the page (with --reward); only the command line names them."""
+    keep_checkpoints: int = 3
+    """Checkpoint folders kept (the newest); older ones are deleted."""
+    pause_after_failures: int = 5
+    """Consecutive failed steps after which the trainer pauses itself until an admin resumes it."""
+    retry_backoff_s: float = 2.0
+    """Wait before retrying a failed step; doubles with each consecutive failure."""
+    max_backoff_s: float = 120.0
+    """The longest wait between retries of a failed step."""
+    reward_timeout_s: float = 30.0
+    """Time limit of one call of an automatic reward; a sample it hangs or fails on is quarantined."""
     max_prompt_tokens: int = 512
     """Prompts longer than this (after the chat template) keep their last tokens."""
     lease_seconds: float = 300.0
@@ -72,7 +88,15 @@ class AppSettings:
     """How often idle workers look for work (they are also woken by ratings)."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "ppo_epochs", "max_new_tokens", "checkpoint_every", "max_prompt_tokens"):
+        for name in (
+            "batch_size",
+            "ppo_epochs",
+            "max_new_tokens",
+            "checkpoint_every",
+            "max_prompt_tokens",
+            "keep_checkpoints",
+            "pause_after_failures",
+        ):
             _positive_int(name, getattr(self, name))
         for name in ("mini_batch_size", "buffer", "threads"):
             if getattr(self, name) is not None:
@@ -83,7 +107,15 @@ class AppSettings:
             )
         if isinstance(self.max_staleness, bool) or not isinstance(self.max_staleness, int) or self.max_staleness < 0:
             raise ValueError(f"--max-staleness must be an int >= 0, got {self.max_staleness!r}")
-        for name in ("learning_rate", "temperature", "lease_seconds", "poll_seconds"):
+        for name in (
+            "learning_rate",
+            "temperature",
+            "lease_seconds",
+            "poll_seconds",
+            "retry_backoff_s",
+            "max_backoff_s",
+            "reward_timeout_s",
+        ):
             _positive_float(name, getattr(self, name))
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
