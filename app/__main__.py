@@ -8,7 +8,7 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from app.cli import parse_settings
 from app.errors import StartupError
@@ -32,30 +32,11 @@ def check_port(host: str, port: int) -> None:
             raise StartupError(f"port {port} on {host} is in use ({reason}); pick another with --port") from err
 
 
-def build_page(service: FeedbackService) -> Any:
-    """The UI engineer's page; a minimal placeholder while `app.ui` does not exist."""
-    try:
-        from app.ui import build_ui
-    except ModuleNotFoundError as err:
-        if err.name not in ("app.ui", "app.ui.page"):
-            raise
-        return _placeholder(service)
-    return build_ui(service)
-
-
-def _placeholder(service: FeedbackService) -> Any:
-    import gradio as gr
-
-    with gr.Blocks(title="RLHF Live") as demo:
-        gr.Markdown("# RLHF Live\nThe rating UI (`app/ui`) is not installed; the backend runs. Dashboard:")
-        out = gr.JSON()
-        gr.Button("Refresh").click(lambda: service.dashboard().__dict__, None, out)
-    return demo
-
-
 def serve(service: FeedbackService, settings: AppSettings) -> None:
     """Launch the page, block until SIGINT/SIGTERM, then stop the service (checkpoint) and the server."""
-    demo = build_page(service)
+    from app.ui import build_ui
+
+    demo = build_ui(service)
     service.start()
     try:
         demo.launch(
@@ -70,9 +51,12 @@ def serve(service: FeedbackService, settings: AppSettings) -> None:
     except OSError as err:
         service.stop()
         raise StartupError(f"cannot serve on {settings.host}:{settings.port}: {err}") from err
-    url = demo.share_url or demo.local_url
+    url = str(demo.share_url or demo.local_url)
     log.info("rlhf-live is running at %s (Ctrl-C stops it and saves a checkpoint)", url)
     sys.stdout.write(f"Running on {url}\n")
+    admin_link = service.access.admin_link(url)
+    if admin_link is not None:  # like Jupyter's token: whoever opens this link gets the training controls
+        sys.stdout.write(f"Admin (keep this link private): {admin_link}\n")
     sys.stdout.flush()
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,9 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     try:
         check_port(settings.host, settings.port)
-        from app.service import FeedbackService  # torch and transformers: after the quick checks
+        from app.bootstrap import build_service  # torch and transformers: after the quick checks
 
-        service = FeedbackService(settings)
+        service = build_service(settings)
         serve(service, settings)
     except StartupError as err:
         sys.stderr.write(f"rlhf-live: error: {err}\n")

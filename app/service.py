@@ -1,9 +1,9 @@
 """`FeedbackService`: the one object the UI talks to (docs/app-service-contract.md).
 
-Built once from `AppSettings`: opens storage, imports the prompts, loads the model, and creates the three
-workers (generator, trainer, reward). Rater methods are a couple of short database operations and never touch
-torch, so a rating never waits behind generation or a PPO step. Admin methods check the role stored in the
-database (`--admins` decides it at every login) and raise PermissionError for anyone else.
+It is built from its parts (`app.parts.ServiceParts`) by the composition root, `app.bootstrap.build_service`:
+storage, the prompts, the access rules and the three workers (generator, trainer, reward). Rater methods are a
+couple of short database operations and never touch torch, so a rating never waits behind generation or a PPO
+step. Admin and export methods take the request's `Caller` and check it with `Access` on every call.
 """
 
 from __future__ import annotations
@@ -15,15 +15,10 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 
-from app.checkpoints import find_resume_point
-from app.errors import StartupError
-from app.generator import GeneratorWorker
-from app.models import ModelLoadError, choose_runtime, load_models
-from app.policy import PolicyPublisher, copy_state
-from app.reward_worker import RewardControl, RewardWorker
+from app.access import Caller
+from app.errors import AccessDenied, UserError
+from app.parts import ServiceParts
 from app.settings import SCORE_RANGE, AppSettings
-from app.startup import first_line, import_prompts, open_store, resume_version
-from app.trainer_worker import TrainerWorker
 from app.views import (
     Assignment,
     Comparison,
@@ -34,13 +29,12 @@ from app.views import (
     RaterView,
     RatingRow,
 )
-from app.worker import ErrorLog
 from storage.batches import release_all_claims
 from storage.dashboard import counts
 from storage.errors import RatingLocked
 from storage.export import export_jsonl, export_parquet, pairwise_dataset
 from storage.history import training_history
-from storage.raters import get_or_create_rater, get_rater, set_rater_role
+from storage.raters import get_or_create_rater, set_rater_role
 from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
 from storage.records import SampleRecord
 from storage.samples import count_unrated_unleased, get_sample, next_sample_for_rater, skip_sample
@@ -49,56 +43,29 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("jsonl", "parquet", "pairwise")
 MAX_COMPARE_PROMPT_CHARS = 4000
+MAX_NAME_CHARS = 200
 STOP_TIMEOUT_S = 900.0
 
 
 class FeedbackService:
-    """See the module docstring and docs/app.md. Raises StartupError when the options cannot work."""
+    """See the module docstring and docs/app.md."""
 
-    def __init__(self, settings: AppSettings) -> None:
+    def __init__(self, settings: AppSettings, parts: ServiceParts) -> None:
         self.settings = settings
-        self.errors = ErrorLog()
-        self.db = open_store(settings)
-        self.prompts = import_prompts(self.db, settings)
-        try:
-            self.rewards = RewardControl(settings.reward)
-            resume = find_resume_point(self.db, settings.model)
-            self.runtime = choose_runtime(settings)
-            version = resume_version(self.db, resume)
-            models = load_models(settings, self.runtime, resume, version)
-        except (ValueError, ModelLoadError) as err:
-            self.db.close()
-            raise StartupError(first_line(err)) from err
-        self.tokenizer = models.tokenizer
-        trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
-        self.publisher = PolicyPublisher(version, copy_state(trainer_model))
-        self.generator = GeneratorWorker(
-            self.db,
-            models.generator_model,
-            models.reference,
-            models.tokenizer,
-            self.publisher,
-            settings,
-            self.runtime,
-            self.errors,
-        )
-        self.trainer = TrainerWorker(
-            self.db,
-            models.trainer,
-            self.publisher,
-            settings,
-            self.runtime,
-            self.errors,
-            self.rewards.use_auto_scores,
-            resume.state.version if resume else None,
-        )
-        self.reward_worker = RewardWorker(self.db, self.rewards, self.errors, settings.poll_seconds)
+        self.db = parts.db
+        self.prompts = parts.prompts
+        self.access = parts.access
+        self.errors = parts.errors
+        self.rewards = parts.rewards
+        self.publisher = parts.publisher
+        self.generator = parts.generator
+        self.trainer = parts.trainer
+        self.reward_worker = parts.reward_worker
         self._workers = (self.generator, self.trainer, self.reward_worker)
         self._history: list[HistoryPoint] = []
         self._history_last_id = 0
         self._history_lock = threading.Lock()
         self._started = self._stopped = False
-        log.info("service ready: model %s at version %d on %s", settings.model, version, self.runtime.device)
 
     # --------------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -126,17 +93,37 @@ class FeedbackService:
         log.info("service stopped at version %d", self.publisher.version)
 
     # ------------------------------------------------------------------------------------------------ raters
-    def login(self, name: str) -> RaterView:
-        """Get or create the rater; the admin role follows `--admins` at every login."""
+    def login(self, name: str, caller: Caller | None = None) -> RaterView:
+        """Get or create the rater. With `--auth` the name is the authenticated user's (the UI passes it); the
+        admin flag comes from the caller's identity (`Access`), never from the name."""
         if not isinstance(name, str) or not name.strip():
-            raise ValueError("please enter a name")
+            raise UserError("please enter a name")
         clean = name.strip()
-        role = "admin" if clean in self.settings.admins else "rater"
+        if len(clean) > MAX_NAME_CHARS:
+            raise UserError(f"a name has at most {MAX_NAME_CHARS} characters")
+        caller = caller or Caller()
+        self.access.require_user(caller, clean)
+        is_admin = self.access.is_admin(caller)
+        role = "admin" if is_admin and self.access.auth_on else "rater"
         with self.db.session_factory.begin() as s:
             rater = get_or_create_rater(s, clean, role)
             if rater.role != role:
                 rater = set_rater_role(s, rater.id, role)
-        return RaterView(rater.id, rater.name, rater.role == "admin")
+        return RaterView(rater.id, rater.name, is_admin)
+
+    def is_admin(self, caller: Caller) -> bool:
+        return self.access.is_admin(caller)
+
+    def admin_token_login(self) -> bool:
+        """True when admins identify with the start-up token (no `--auth`), so the page offers a token box."""
+        return not self.access.auth_on
+
+    def signed_in(self, caller: Caller, rater: RaterView | None) -> RaterView:
+        """The tab's rater, if this request may act as them (with `--auth`: only the authenticated user)."""
+        self.access.require_user(caller, None if rater is None else rater.name)
+        if rater is None:
+            raise AccessDenied("sign in first")
+        return rater
 
     def next_for(self, rater_id: int) -> NextResult:
         return self._next(rater_id, None)
@@ -228,7 +215,7 @@ class FeedbackService:
     def _training_state(self, scored: int, in_batches: int) -> str:
         t = self.trainer.status
         if self.trainer.fatal is not None:
-            return f"error: the trainer stopped: {self.trainer.fatal.message}"
+            return f"error: the trainer stopped: {self.trainer.fatal.public}"
         if t.state in ("starting", "stopped"):
             return t.state
         if self.trainer.paused.is_set():
@@ -266,7 +253,7 @@ class FeedbackService:
 
     def recent_ratings(self, limit: int = 20) -> list[RatingRow]:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise ValueError(f"limit must be an int in 1..1000, got {limit!r}")
+            raise UserError("limit must be a whole number from 1 to 1000")
         with self.db.read_session_factory.begin() as s:
             rows = recent_ratings(s, limit)
         return [
@@ -286,40 +273,40 @@ class FeedbackService:
         """Greedy answers of the first version (the frozen reference) and the current one; may take seconds."""
         text = prompt.strip() if isinstance(prompt, str) and prompt.strip() else self.prompts.first_prompt
         if len(text) > MAX_COMPARE_PROMPT_CHARS:
-            raise ValueError(f"the prompt is {len(text)} characters long; the limit is {MAX_COMPARE_PROMPT_CHARS}")
+            raise UserError(f"the prompt is {len(text)} characters long; the limit is {MAX_COMPARE_PROMPT_CHARS}")
         return self.generator.compare(text)
 
     # ------------------------------------------------------------------------------------------------- admin
-    def _require_admin(self, rater_id: int) -> None:
-        with self.db.read_session_factory.begin() as s:
-            rater = get_rater(s, rater_id)
-        if rater.role != "admin":
-            raise PermissionError(f"{rater.name} is not an admin; ask one of: {', '.join(self.settings.admins)}")
-
-    def set_paused(self, rater_id: int, paused: bool) -> None:
-        self._require_admin(rater_id)
+    def set_paused(self, caller: Caller, paused: bool) -> None:
+        self.access.require_admin(caller)
         if paused:
             self.trainer.paused.set()
         else:
             self.trainer.paused.clear()
         self.trainer.wake.set()
-        log.info("training %s by rater %d", "paused" if paused else "resumed", rater_id)
+        log.info("training %s by an admin (%s)", "paused" if paused else "resumed", caller.username or "token")
 
-    def set_reward_source(self, rater_id: int, spec: str) -> None:
-        self._require_admin(rater_id)
-        if not isinstance(spec, str) or not spec.strip():
-            raise ValueError("reward source must be 'human', 'vader', 'length[:N]', a classifier folder or module:fn")
-        self.rewards.set(spec)
+    def reward_choices(self) -> tuple[str, ...]:
+        """The reward sources the operator configured; the only ones an admin can switch to."""
+        return self.rewards.choices
+
+    def set_reward_source(self, caller: Caller, spec: str) -> None:
+        """Ask the reward worker to switch to one of the configured sources (it builds the source in its thread)."""
+        self.access.require_admin(caller)
+        self.rewards.request(spec if isinstance(spec, str) else "")
         self._wake()
 
-    def save_checkpoint(self, rater_id: int) -> str:
-        self._require_admin(rater_id)
-        return str(self.trainer.request_checkpoint())
+    def save_checkpoint(self, caller: Caller) -> str:
+        """Admin only; returns the checkpoint's name (`v12`), not its server path."""
+        self.access.require_admin(caller)
+        return Path(self.trainer.request_checkpoint()).name
 
-    def export(self, fmt: str) -> str:
-        """Write all ratings (jsonl, parquet) or preference pairs (pairwise, as JSONL) to a file; its path."""
+    def export(self, caller: Caller, fmt: str) -> str:
+        """Admin only: write all ratings (jsonl, parquet) or preference pairs (pairwise, as JSONL) to a file in the
+        export folder; returns its path (for the download, which Gradio serves by file name)."""
+        self.access.require_admin(caller)
         if fmt not in EXPORT_FORMATS:
-            raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+            raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)}")
         folder = self.settings.export_dir
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from app.errors import public_text
+
 log = logging.getLogger(__name__)
 
 
@@ -16,10 +18,13 @@ log = logging.getLogger(__name__)
 class ErrorRecord:
     worker: str
     message: str
+    """The whole error, for the server log."""
+    public: str
+    """What a browser may see (`app.errors.public_text`): no paths, reprs or URLs."""
     at: datetime
 
     def __str__(self) -> str:
-        return f"{self.worker}: {self.message} ({self.at:%H:%M:%S} UTC)"
+        return f"{self.worker}: {self.public} ({self.at:%H:%M:%S} UTC)"
 
 
 class ErrorLog:
@@ -32,7 +37,7 @@ class ErrorLog:
 
     def record(self, worker: str, err: BaseException) -> ErrorRecord:
         log.error("%s failed: %s: %s", worker, type(err).__name__, err, exc_info=err)
-        entry = ErrorRecord(worker, f"{type(err).__name__}: {err}", datetime.now(UTC))
+        entry = ErrorRecord(worker, f"{type(err).__name__}: {err}", public_text(err), datetime.now(UTC))
         with self._lock:
             self._records = [*self._records, entry][-self._keep :]
         return entry

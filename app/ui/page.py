@@ -2,9 +2,10 @@
 
 Nothing here is module state: ``build_ui(service)`` builds every component, handler and closure afresh, and a
 rater's identity lives in the database (``service.login``). ``gr.State`` only caches the signed-in ``RaterView`` for
-this browser tab; the name is also kept in the browser's localStorage (``gr.BrowserState``) so a refresh signs the
-rater straight back in. When the app is launched with ``auth=``, the login name (``request.username``) is used and
-the name box is hidden.
+this browser tab; every handler re-checks it against the request (``service.signed_in``). The name is kept in the
+browser's localStorage (``gr.BrowserState``) so a refresh signs the rater straight back in. When the app is launched
+with ``auth=``, the login name (``request.username``) is used and the name box is hidden. Without it, the admin
+token (from the admin link printed at start-up) is kept in localStorage too and sent with every admin request.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import gradio as gr
 from app.ui.contract import Service
 from app.ui.errors import need, shown
 from app.ui.formatting import rater_badge
+from app.ui.identity import ADMIN_TOKEN_KEY, READ_ADMIN_LINK, caller_of
 from app.ui.rate_tab import RATE_EVENTS, RateTab, build_rate_tab
 from app.ui.watch_tab import WATCH_EVENTS, WatchTab, build_watch_tab
 from app.views import RaterView
@@ -41,6 +43,7 @@ def build_ui(service: Service) -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         rater = gr.State(None)
         saved_name = gr.BrowserState("", storage_key=NAME_KEY)
+        saved_token = gr.BrowserState("", storage_key=ADMIN_TOKEN_KEY)
         with gr.Row(elem_id="app-header", equal_height=True):
             gr.Markdown(f"# {TITLE}\n{SUBTITLE}", elem_id="app-title", scale=3)
             badge = gr.Markdown(rater_badge(None), elem_id="rater-badge")
@@ -48,17 +51,24 @@ def build_ui(service: Service) -> gr.Blocks:
         with gr.Column(elem_id="login-panel") as login_panel:
             name = gr.Textbox(label="Your name", placeholder="e.g. alice", max_lines=1, elem_id="name-box")
             login = gr.Button("Start rating", variant="primary", elem_id="login-btn")
+            with gr.Accordion("Admin?", open=False, visible=service.admin_token_login(), elem_id="token-box"):
+                token = gr.Textbox(
+                    label="Admin token (from the admin link printed when the app started)",
+                    type="password",
+                    max_lines=1,
+                    elem_id="admin-token",
+                )
         with gr.Column(visible=False, elem_id="main") as main, gr.Tabs():
             with gr.Tab("Rate", id="rate"):
                 rate = build_rate_tab(service, rater)
             with gr.Tab("Watch", id="watch"):
-                watch = build_watch_tab(service, rater)
-        signed_in = [rater, badge, login_panel, main, watch.admin, switch, saved_name, watch.timer]
+                watch = build_watch_tab(service, rater, token)
+        signed_in = [rater, badge, login_panel, main, watch.admin, switch, saved_name, watch.timer, token, saved_token]
         after = functools.partial(_then_refresh, rate=rate, watch=watch, rater=rater)
         on_login, on_load, on_switch = _sign_in_handlers(service, len(signed_in))
-        after(login.click(on_login, [name], signed_in, api_name="login", **RATE_EVENTS))
-        after(name.submit(on_login, [name], signed_in, api_visibility="private", **RATE_EVENTS))
-        after(demo.load(on_load, [saved_name], signed_in, api_visibility="private"))
+        after(login.click(on_login, [name, token], signed_in, api_name="login", **RATE_EVENTS))
+        after(name.submit(on_login, [name, token], signed_in, api_visibility="private", **RATE_EVENTS))
+        after(demo.load(on_load, [saved_name, saved_token], signed_in, js=READ_ADMIN_LINK, api_visibility="private"))
         demo.load(None, js=page_js())
         switch.click(on_switch, None, signed_in, api_visibility="private")
     demo.queue(default_concurrency_limit=8)
@@ -69,14 +79,16 @@ def _sign_in_handlers(service: Service, n: int) -> tuple[Callable[..., tuple[Any
     """Sign in by typed name (or the auth login), restore a saved name on page load, and switch rater."""
 
     @shown(n)
-    def on_login(typed: str, request: gr.Request) -> tuple[Any, ...]:
-        r = service.login(request.username or need(typed.strip() or None, "Enter your name to start rating."))
-        return _signed_in(r, auth=request.username is not None)
+    def on_login(typed: str, token: str, request: gr.Request) -> tuple[Any, ...]:
+        caller = caller_of(request, token)
+        typed = typed if isinstance(typed, str) else ""
+        r = service.login(caller.username or need(typed.strip() or None, "Enter your name to start rating."), caller)
+        return _signed_in(r, auth=caller.username is not None, token=caller.admin_token)
 
-    def on_load(saved: str, request: gr.Request) -> tuple[Any, ...]:
-        if not (request.username or saved):
-            return tuple(gr.skip() for _ in range(n))
-        return on_login(saved, request)
+    def on_load(saved: str, token: str, request: gr.Request) -> tuple[Any, ...]:
+        if not (request.username or saved):  # nobody to sign in yet; a token from the admin link is kept
+            return (*(gr.skip() for _ in range(n - 2)), token, token)
+        return on_login(saved, token, request)
 
     def on_switch() -> tuple[Any, ...]:
         hidden = gr.Column(visible=False)
@@ -89,13 +101,17 @@ def _sign_in_handlers(service: Service, n: int) -> tuple[Callable[..., tuple[Any
             gr.Button(visible=False),
             "",
             gr.Timer(active=False),
+            gr.skip(),
+            gr.skip(),
         )
 
     return on_login, on_load, on_switch
 
 
-def _signed_in(r: RaterView, auth: bool) -> tuple[Any, ...]:
-    """Outputs after sign-in, in the order of ``signed_in``: state, badge, panels, switch button, saved name, timer."""
+def _signed_in(r: RaterView, auth: bool, token: str) -> tuple[Any, ...]:
+    """Outputs after sign-in, in the order of ``signed_in``: state, badge, panels, switch button, saved name, timer,
+    and the admin token (kept only when it made this tab admin; a wrong one is cleared)."""
+    kept = token if (r.is_admin and not auth) else ""
     return (
         r,
         rater_badge(r),
@@ -105,6 +121,8 @@ def _signed_in(r: RaterView, auth: bool) -> tuple[Any, ...]:
         gr.Button(visible=not auth),
         r.name,
         gr.Timer(active=True),
+        kept,
+        kept,
     )
 
 

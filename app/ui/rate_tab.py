@@ -7,7 +7,6 @@ When the prefetch buffer is empty the page says so and a 1 s timer polls ``next_
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import gradio as gr
 from app.ui.contract import Service
 from app.ui.errors import need, shown
 from app.ui.formatting import progress_text, quick_label, quick_scores, status_text, version_badge
+from app.ui.identity import caller_of
 from app.views import NextResult, RaterView
 
 SIGN_IN = "Sign in with your name first."
@@ -40,7 +40,7 @@ class RateTab:
     progress: gr.Markdown
     undo: gr.Button
     poll: gr.Timer
-    load_next: Callable[[RaterView | None], tuple[Any, ...]] | None = None
+    load_next: Callable[..., tuple[Any, ...]] | None = None
     """Shows the rater's current or next sample; the page chains it after sign-in."""
 
     @property
@@ -101,31 +101,46 @@ def _wire(
     slider: gr.Slider,
     submit: gr.Button,
     skip: gr.Button,
-) -> Callable[[RaterView | None], tuple[Any, ...]]:
+) -> Callable[..., tuple[Any, ...]]:
     """Wire the rating events; returns the "show my next sample" handler for the page to chain after sign-in."""
     n = len(tab.outputs)
 
-    @shown(n)
-    def on_rate(r: RaterView | None, sample_id: int | None, score: float) -> tuple[Any, ...]:
-        return tab.show(service.rate(need(r, SIGN_IN).id, need(sample_id, NOTHING), float(score)))
+    def rater_of(r: RaterView | None, request: gr.Request) -> int:
+        """The signed-in rater this request may act as (with --auth: the logged-in user only)."""
+        return service.signed_in(caller_of(request), need(r, SIGN_IN)).id
+
+    def rate(r: RaterView | None, sample_id: int | None, score: float, request: gr.Request) -> tuple[Any, ...]:
+        return tab.show(service.rate(rater_of(r, request), need(sample_id, NOTHING), float(score)))
 
     @shown(n)
-    def on_skip(r: RaterView | None, sample_id: int | None) -> tuple[Any, ...]:
-        return tab.show(service.skip(need(r, SIGN_IN).id, need(sample_id, NOTHING)))
+    def on_rate(r: RaterView | None, sample_id: int | None, score: float, request: gr.Request) -> tuple[Any, ...]:
+        return rate(r, sample_id, score, request)
+
+    def quick_rate(score: float) -> Callable[..., tuple[Any, ...]]:
+        @shown(n)
+        def on_quick(r: RaterView | None, sample_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+            return rate(r, sample_id, score, request)
+
+        return on_quick
 
     @shown(n)
-    def on_undo(r: RaterView | None) -> tuple[Any, ...]:
-        return tab.show(service.undo(need(r, SIGN_IN).id))
+    def on_skip(r: RaterView | None, sample_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+        return tab.show(service.skip(rater_of(r, request), need(sample_id, NOTHING)))
 
     @shown(n)
-    def on_next(r: RaterView | None) -> tuple[Any, ...]:
-        return tab.show(service.next_for(r.id)) if r is not None else tuple(gr.skip() for _ in range(n))
+    def on_undo(r: RaterView | None, request: gr.Request) -> tuple[Any, ...]:
+        return tab.show(service.undo(rater_of(r, request)))
+
+    @shown(n)
+    def on_next(r: RaterView | None, request: gr.Request) -> tuple[Any, ...]:
+        if r is None:
+            return tuple(gr.skip() for _ in range(n))
+        return tab.show(service.next_for(rater_of(r, request)))
 
     state = [rater, tab.sample]
     submit.click(on_rate, [*state, slider], tab.outputs, api_name="rate", **RATE_EVENTS)
     for button, score in zip(quick, scores):
-        rate_fixed = functools.partial(on_rate, score=score)
-        button.click(rate_fixed, state, tab.outputs, api_visibility="private", **RATE_EVENTS)
+        button.click(quick_rate(score), state, tab.outputs, api_visibility="private", **RATE_EVENTS)
     skip.click(on_skip, state, tab.outputs, api_name="skip", **RATE_EVENTS)
     tab.undo.click(on_undo, [rater], tab.outputs, api_name="undo", **RATE_EVENTS)
     tab.poll.tick(on_next, [rater], tab.outputs, api_name="next", **RATE_EVENTS)

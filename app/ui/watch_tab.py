@@ -1,13 +1,14 @@
-"""The Watch tab: live training status, plots per PPO step, first-vs-current comparison, recent ratings, export.
+"""The Watch tab: live training status, plots per PPO step, first-vs-current comparison, recent ratings; the admin
+panel (training controls and exports) for admins.
 
 A 2 s timer refreshes the status, plots and table (it only ticks while the browser tab is visible). The plots are
 re-sent only when the number of PPO steps changed. Compare runs greedy generation, so it has its own concurrency
-group with limit 1 and never delays rating events.
+group with limit 1 and never delays rating events. Everything here needs a signed-in user (checked against the
+request by ``service.signed_in``).
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ import gradio as gr
 
 from app.ui.admin_panel import build_admin_panel
 from app.ui.contract import Service
-from app.ui.errors import shown
+from app.ui.errors import SERVICE_ERRORS, shown
 from app.ui.formatting import (
     PLOT_METRICS,
     RECENT_HEADERS,
@@ -27,9 +28,10 @@ from app.ui.formatting import (
     recent_rows,
     steps_caption,
 )
+from app.ui.identity import caller_of
+from app.views import RaterView
 
 WATCH_EVENTS: dict[str, Any] = {"concurrency_id": "watch", "concurrency_limit": 4, "show_progress": "hidden"}
-EXPORT_FORMATS = {"jsonl": "Ratings as JSONL", "parquet": "Ratings as Parquet", "pairwise": "Pairwise preferences"}
 
 
 @dataclass
@@ -43,11 +45,11 @@ class WatchTab:
     """(handler, inputs, outputs) to run once after sign-in."""
 
 
-def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
+def build_watch_tab(service: Service, rater: gr.State, token: gr.Textbox) -> WatchTab:
     """Lay out the Watch tab inside the current Blocks context and wire its events."""
     status = gr.Markdown("Loading…", elem_id="dash-status")
     counts = gr.Markdown("", elem_id="dash-counts")
-    admin, load_reward_source = build_admin_panel(service, rater)
+    admin, load_reward_source = build_admin_panel(service, token)
     plots: list[gr.LinePlot] = []
     metrics = list(PLOT_METRICS.items())
     for row in (metrics[:2], metrics[2:]):
@@ -82,19 +84,25 @@ def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
         column_widths=RECENT_WIDTHS,
         elem_id="recent",
     )
-    gr.Markdown("**Export from storage**")
-    with gr.Row(equal_height=True):
-        export_buttons = {fmt: gr.Button(f"⬇ {label}", size="sm") for fmt, label in EXPORT_FORMATS.items()}
-    export_file = gr.File(label="Download", interactive=False, visible=False, elem_id="export-file")
     timer = gr.Timer(2.0, active=False)
 
-    def on_status() -> tuple[str, str]:
+    def allowed(r: RaterView | None, request: gr.Request) -> bool:
+        """Refreshes run on a timer: a request that may not see the dashboard gets nothing (no toast flood)."""
+        try:
+            service.signed_in(caller_of(request), r)
+        except SERVICE_ERRORS:
+            return False
+        return True
+
+    def on_status(r: RaterView | None, request: gr.Request) -> tuple[Any, ...]:
+        if not allowed(r, request):
+            return gr.skip(), gr.skip()
         d = service.dashboard()
         return dashboard_text(d), counts_text(d.counts)
 
-    def on_history(seen_steps: int) -> tuple[Any, ...]:
-        points = service.history()
-        if len(points) == seen_steps:
+    def on_history(r: RaterView | None, seen_steps: int, request: gr.Request) -> tuple[Any, ...]:
+        points = service.history() if allowed(r, request) else None
+        if points is None or len(points) == seen_steps:
             return tuple(gr.skip() for _ in range(len(plots) + 2))
         frames = [history_frame(points, metric) for metric in PLOT_METRICS]
         return (
@@ -103,12 +111,13 @@ def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
             len(points),
         )
 
-    def on_recent() -> list[list[Any]]:
-        return recent_rows(service.recent_ratings(20))
+    def on_recent(r: RaterView | None, request: gr.Request) -> Any:
+        return recent_rows(service.recent_ratings(20)) if allowed(r, request) else gr.skip()
 
     @shown(3)
-    def on_compare(prompt: str) -> tuple[Any, ...]:
-        c = service.compare(prompt.strip() or None)
+    def on_compare(r: RaterView | None, prompt: str, request: gr.Request) -> tuple[Any, ...]:
+        service.signed_in(caller_of(request), r)
+        c = service.compare((prompt or "").strip() or None)
         first_label, current_label = comparison_labels(c)
         return (
             c.prompt,
@@ -116,22 +125,18 @@ def build_watch_tab(service: Service, rater: gr.State) -> WatchTab:
             gr.Textbox(c.current_response, label=current_label),
         )
 
-    @shown(1)
-    def on_export(fmt: str) -> gr.File:
-        return gr.File(value=service.export(fmt), visible=True)
-
     refreshers: list[tuple[Any, list[Any], list[Any]]] = [
-        (on_status, [], [status, counts]),
-        (on_history, [seen], [*plots, steps, seen]),
-        (on_recent, [], [recent]),
+        (on_status, [rater], [status, counts]),
+        (on_history, [rater, seen], [*plots, steps, seen]),
+        (on_recent, [rater], [recent]),
     ]
     for (fn, inputs, outputs), name in zip(refreshers, ("dashboard", "history", "recent")):
         timer.tick(fn, inputs, outputs, api_name=name, **WATCH_EVENTS)
     compare_btn.click(
-        on_compare, [compare_prompt], [compare_prompt, first, current], api_name="compare", concurrency_id="compare"
+        on_compare,
+        [rater, compare_prompt],
+        [compare_prompt, first, current],
+        api_name="compare",
+        concurrency_id="compare",
     )
-    for fmt, button in export_buttons.items():
-        button.click(
-            functools.partial(on_export, fmt), None, export_file, api_name=f"export_{fmt}", concurrency_id="export"
-        )
     return WatchTab(timer, admin, refreshers, [load_reward_source])

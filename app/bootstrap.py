@@ -1,0 +1,64 @@
+"""The composition root: open storage, import the prompts, load the models, build the workers, wire the service.
+
+Start-up steps that can fail on bad options raise a one-line `StartupError` (the CLI exits with status 2). Tests
+that need no model build `FeedbackService` from fakes instead (tests/app/fakes.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from app.access import Access
+from app.checkpoints import find_resume_point
+from app.errors import StartupError
+from app.generator import GeneratorWorker
+from app.models import ModelLoadError, choose_runtime, load_models
+from app.parts import ServiceParts
+from app.policy import PolicyPublisher, copy_state
+from app.reward_worker import RewardControl, RewardWorker
+from app.service import FeedbackService
+from app.settings import AppSettings
+from app.startup import first_line, import_prompts, open_store, resume_version
+from app.trainer_worker import TrainerWorker
+from app.worker import ErrorLog
+
+log = logging.getLogger(__name__)
+
+
+def build_service(settings: AppSettings) -> FeedbackService:
+    """Everything the app runs on, wired; nothing started yet (`service.start()`)."""
+    errors = ErrorLog()
+    db = open_store(settings)
+    try:
+        prompts = import_prompts(db, settings)
+        rewards = RewardControl(settings.reward, settings.reward_choices)
+        resume = find_resume_point(db, settings.model)
+        runtime = choose_runtime(settings)
+        version = resume_version(db, resume)
+        models = load_models(settings, runtime, resume, version)
+    except (ValueError, ModelLoadError) as err:
+        db.close()
+        raise StartupError(first_line(err)) from err
+    except BaseException:
+        db.close()
+        raise
+    trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
+    publisher = PolicyPublisher(version, copy_state(trainer_model))
+    generator = GeneratorWorker(
+        db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors
+    )
+    trainer = TrainerWorker(
+        db,
+        models.trainer,
+        publisher,
+        settings,
+        runtime,
+        errors,
+        rewards.use_auto_scores,
+        resume.state.version if resume else None,
+    )
+    reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds)
+    access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
+    parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker)
+    log.info("service ready: model %s at version %d on %s", settings.model, version, runtime.device)
+    return FeedbackService(settings, parts)

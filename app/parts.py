@@ -1,0 +1,84 @@
+"""The parts `FeedbackService` is built from, as the service sees them (typing only: no torch here).
+
+`app.bootstrap.build_service` wires the real ones (threads that own models); tests hand the service fakes with
+the same shape, so access rules, leases and fault handling are tested without loading a model.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from app.access import Access
+from app.reward_worker import RewardControl
+from app.startup import PromptSet
+from app.views import Comparison
+from app.worker import ErrorLog, ErrorRecord
+from storage.engine import Database
+
+
+class WorkerPart(Protocol):
+    """A background thread: started once, stopped on an event, joined."""
+
+    wake: threading.Event
+    fatal: ErrorRecord | None
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def join(self, timeout: float | None = None) -> bool: ...
+    @property
+    def alive(self) -> bool: ...
+
+
+class GeneratorStatusView(Protocol):
+    @property
+    def version(self) -> int: ...
+    @property
+    def ready(self) -> int: ...
+    @property
+    def target(self) -> int: ...
+
+
+class GeneratorPart(WorkerPart, Protocol):
+    @property
+    def status(self) -> GeneratorStatusView: ...
+    def compare(self, prompt: str) -> Comparison: ...
+
+
+class TrainerStatusView(Protocol):
+    @property
+    def state(self) -> str: ...
+    @property
+    def last_step_s(self) -> float | None: ...
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class TrainerPart(WorkerPart, Protocol):
+    paused: threading.Event
+
+    @property
+    def status(self) -> TrainerStatusView: ...
+    def request_checkpoint(self) -> Path: ...
+
+
+class PublisherPart(Protocol):
+    @property
+    def version(self) -> int: ...
+
+
+@dataclass
+class ServiceParts:
+    """Everything the service needs, built by the composition root (or by a test)."""
+
+    db: Database
+    prompts: PromptSet
+    access: Access
+    errors: ErrorLog
+    rewards: RewardControl
+    publisher: PublisherPart
+    generator: GeneratorPart
+    trainer: TrainerPart
+    reward_worker: WorkerPart
