@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from app.generator import PromptEncoder, generate_samples, sampling_kwargs
+from app.bootstrap import build_service
 from app.service import FeedbackService
 from app.settings import AppSettings
 from ppo_core.generation import left_pad
@@ -73,10 +74,10 @@ def generated_tokens(sequences: torch.Tensor, eos: int) -> int:
 
 
 def time_ours(service: FeedbackService, prompts: list[PromptRecord]) -> float:
-    encode = PromptEncoder(service.tokenizer, service.settings.max_prompt_tokens)
+    encode = PromptEncoder(service.generator.tokenizer, service.settings.max_prompt_tokens)
     start = time.perf_counter()
     samples = generate_samples(
-        service.generator.model, service.tokenizer, encode, prompts, 0, sampling_kwargs(service.settings)
+        service.generator.model, service.generator.tokenizer, encode, prompts, 0, sampling_kwargs(service.settings)
     )
     seconds = time.perf_counter() - start
     assert samples is not None
@@ -84,7 +85,7 @@ def time_ours(service: FeedbackService, prompts: list[PromptRecord]) -> float:
 
 
 def time_hf(service: FeedbackService, prompts: list[PromptRecord]) -> float:
-    tok = service.tokenizer
+    tok = service.generator.tokenizer
     encode = PromptEncoder(tok, service.settings.max_prompt_tokens)
     model: Any = service.generator.model.pretrained_model
     queries = [torch.tensor(encode(p.text)) for p in prompts]
@@ -104,7 +105,7 @@ def best_of(n: int, fn: Any, *args: Any) -> float:
 
 
 def generation(service: FeedbackService, prompts: list[PromptRecord], repeats: int) -> dict[str, float]:
-    torch.set_num_threads(service.runtime.gen_threads)
+    torch.set_num_threads(service.generator.runtime.gen_threads)
     ours = best_of(repeats, time_ours, service, prompts)
     hf = best_of(repeats, time_hf, service, prompts)
     LOG.info("generation batch %d: ours %.1f tok/s, plain generate %.1f tok/s", len(prompts), ours, hf)
@@ -123,9 +124,9 @@ def contention(service: FeedbackService, prompts: list[PromptRecord], split: tup
     from storage.records import BatchSample, ClaimedBatch
 
     gen_threads, train_threads = split
-    encode = PromptEncoder(service.tokenizer, service.settings.max_prompt_tokens)
+    encode = PromptEncoder(service.generator.tokenizer, service.settings.max_prompt_tokens)
     samples = generate_samples(
-        service.generator.model, service.tokenizer, encode, prompts, 0, sampling_kwargs(service.settings)
+        service.generator.model, service.generator.tokenizer, encode, prompts, 0, sampling_kwargs(service.settings)
     )
     assert samples
     fake = ClaimedBatch(0, "", "bench", None, 1, tuple(  # type: ignore[arg-type]
@@ -213,15 +214,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-publish-") as tmp:
-        service = FeedbackService(settings_for(args, Path(tmp)))
+        service = build_service(settings_for(args, Path(tmp)))
         with service.db.read_session_factory.begin() as s:
             prompts = prompts_for_generation(s, args.batch)
         result: dict[str, Any] = {
             "model": args.model,
             "batch": args.batch,
             "max_new_tokens": args.max_new_tokens,
-            "device": str(service.runtime.device),
-            "threads": {"generator": service.runtime.gen_threads, "trainer": service.runtime.train_threads},
+            "device": str(service.generator.runtime.device),
+            "threads": {"generator": service.generator.runtime.gen_threads, "trainer": service.generator.runtime.train_threads},
         }
         result.update(generation(service, prompts, args.repeats))
         splits = [tuple(int(x) for x in item.split(":")) for item in args.splits.split(",") if item]

@@ -8,7 +8,6 @@ source is chosen among the sources the operator named on the command line; nothi
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +23,7 @@ EXPORT_FORMATS = {"jsonl": "Ratings as JSONL", "parquet": "Ratings as Parquet", 
 
 
 def refused(e: Exception, where: str) -> str:
-    text = error_text(e, where)
+    text = error_text(e, where).removeprefix("Refused: ")
     gr.Warning(text)
     return f"**Refused.** {plain(text)}"
 
@@ -97,10 +96,11 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
 
 
 def _bound(fn: Callable[..., Any], fmt: str) -> Callable[..., Any]:
-    """``fn`` with its export format fixed (a named function, so Gradio sees the ``gr.Request`` parameter)."""
+    """``fn`` with its export format fixed: a plain function (no ``__wrapped__``), so Gradio reads this signature
+    and passes the ``gr.Request``."""
 
-    @functools.wraps(fn)
     def handler(token: str, request: gr.Request) -> Any:
         return fn(fmt, token, request)
 
+    handler.__name__ = f"export_{fmt}"
     return handler

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.bootstrap import build_service
 from app.service import FeedbackService
 from app.settings import AppSettings
 
@@ -67,7 +68,7 @@ def make_service(make_settings: Callable[..., AppSettings]) -> Iterator[Callable
     built: list[FeedbackService] = []
 
     def make(**overrides: Any) -> FeedbackService:
-        service = FeedbackService(make_settings(**overrides))
+        service = build_service(make_settings(**overrides))
         built.append(service)
         return service
 

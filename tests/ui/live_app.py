@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.bootstrap import build_service
 from app.service import FeedbackService
 from app.settings import AppSettings
 from app.ui import build_ui
@@ -25,6 +26,9 @@ from app.ui.contract import Service
 from app.views import Dashboard
 
 log = logging.getLogger(__name__)
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+"""The admin token of the test apps (no --auth): what the admin link printed at start-up carries."""
 
 PROMPTS = [
     "Tell me a happy story about a cat.",
@@ -64,7 +68,7 @@ def tiny_settings(model: Path, prompts: Path, data_dir: Path, **overrides: Any) 
         ppo_epochs=1,
         max_new_tokens=8,
         threads=2,
-        admins=("admin",),
+        admin_token=ADMIN_TOKEN,
         poll_seconds=0.1,
         checkpoint_every=1000,
     )
@@ -105,7 +109,7 @@ def serve(
     """
     port = free_port()
     settings = replace(settings, port=port)
-    service = FeedbackService(settings)
+    service = build_service(settings)
     try:
         demo = build_ui(page_service(service) if page_service else service)
         service.start()

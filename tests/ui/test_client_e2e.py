@@ -12,16 +12,18 @@ from typing import Any
 
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
-from tests.ui.live_app import LiveApp, serve, tiny_settings
+from tests.ui.live_app import ADMIN_TOKEN, LiveApp, serve, tiny_settings
 
 pytestmark = pytest.mark.slow
 
 
-def signed_in(live: LiveApp, name: str, downloads: Path | None = None) -> Client:
+def signed_in(live: LiveApp, name: str, downloads: Path | None = None, token: str = "") -> Client:
     client = Client(live.url, verbose=False, download_files=str(downloads) if downloads else False)
-    badge, saved, _timer = client.predict(name, api_name="/login")
+    badge, saved, _timer, kept_token, _saved_token = client.predict(name, token, api_name="/login")
     assert name in badge and saved == name
+    assert kept_token == (token if "admin" in badge else ""), "a wrong token is not kept"
     return client
 
 
@@ -73,33 +75,63 @@ def _skip_until_version(client: Client, version: str, timeout: float = 60.0) -> 
     return out
 
 
-def test_admin_controls_are_refused_for_raters_and_work_for_admins(live: LiveApp) -> None:
-    rater, admin = signed_in(live, "bob"), signed_in(live, "admin")
-    for endpoint, args in [("/pause_training", ()), ("/set_reward_source", ("length:5",)), ("/save_checkpoint", ())]:
-        message = rater.predict(*args, api_name=endpoint)
-        assert message.startswith("**Refused.** Admins only:"), (endpoint, message)
+def test_admin_controls_are_refused_for_raters_and_work_for_admins(live: LiveApp, tmp_path: Path) -> None:
+    rater, typed_admin = signed_in(live, "bob"), signed_in(live, "admin")  # typing "admin" gives no rights
+    admin = signed_in(live, "carol", downloads=tmp_path / "downloads", token=ADMIN_TOKEN)
+    refusals = [("/pause_training", ()), ("/set_reward_source", ("length:40",)), ("/save_checkpoint", ())]
+    for client in (rater, typed_admin):
+        for endpoint, args in refusals:
+            message = client.predict("", *args, api_name=endpoint)
+            assert message.startswith("**Refused.** this needs an admin"), (endpoint, message)
+        assert client.predict("", api_name="/export_jsonl") == {"__type__": "update"}, "no file for a rater"
+        assert client.predict("wrong-token", api_name="/pause_training").startswith("**Refused.**")
     assert live.service.dashboard().training != "paused"
     assert live.service.dashboard().reward_source == "human"
+    assert not live.settings.export_dir.exists()
 
-    assert admin.predict(api_name="/pause_training") == "Training paused."
+    assert admin.predict(ADMIN_TOKEN, api_name="/pause_training") == "Training paused."
     assert live.service.dashboard().training == "paused"
-    assert "Refused" in admin.predict("no-such-reward", api_name="/set_reward_source"), "a bad spec is shown"
-    assert admin.predict("length:5", api_name="/set_reward_source").startswith("Reward source set to")
-    assert live.service.dashboard().reward_source.startswith("length")
-    assert admin.predict(api_name="/start_training") == "Training running."
-    saved = admin.predict(api_name="/save_checkpoint")
-    assert saved.startswith("Checkpoint saved to")
+    with pytest.raises(AppError, match="not in the list of choices"):  # the dropdown takes configured sources only
+        admin.predict(ADMIN_TOKEN, "os:system", api_name="/set_reward_source")
+    assert admin.predict(ADMIN_TOKEN, "length:40", api_name="/set_reward_source").startswith("Switching")
+    live.wait_for(lambda d: d.reward_source.startswith("length"), what="the reward worker to switch")
+    assert admin.predict(ADMIN_TOKEN, api_name="/start_training") == "Training running."
+    saved = admin.predict(ADMIN_TOKEN, api_name="/save_checkpoint")
+    assert saved.startswith("Checkpoint **v") and str(live.settings.data_dir) not in saved
+    rows = downloaded(admin.predict(ADMIN_TOKEN, api_name="/export_jsonl")).read_text().splitlines()
+    assert isinstance(rows, list)
+
+
+def test_a_forged_session_hash_gets_nothing(live: LiveApp) -> None:
+    admin = signed_in(live, "carol", token=ADMIN_TOKEN)
+    forger = Client(live.url, verbose=False, download_files=False)
+    forger.session_hash = admin.session_hash  # the admin's session: its gr.State says "carol, admin"
+    assert forger.predict("", api_name="/pause_training").startswith("**Refused.**")
+    assert forger.predict("", api_name="/export_jsonl") == {"__type__": "update"}
+    assert live.service.dashboard().training != "paused"
+
+
+def test_anonymous_clients_get_nothing(live: LiveApp) -> None:
+    anonymous = Client(live.url, verbose=False, download_files=False)
+    assert anonymous.predict("", api_name="/pause_training").startswith("**Refused.**")
+    for fmt in ("jsonl", "parquet", "pairwise"):
+        assert anonymous.predict("", api_name=f"/export_{fmt}") == {"__type__": "update"}
+    assert anonymous.predict(api_name="/dashboard") == ({"__type__": "update"},) * 2
+    assert anonymous.predict(api_name="/recent") == {"__type__": "update"}
+    assert all(out == {"__type__": "update"} for out in anonymous.predict("hello", api_name="/compare"))
+    assert not live.settings.export_dir.exists()
 
 
 def test_export_downloads_and_compare(live: LiveApp, tmp_path: Path) -> None:
-    client = signed_in(live, "carol", downloads=tmp_path / "downloads")
+    client = signed_in(live, "carol", downloads=tmp_path / "downloads", token=ADMIN_TOKEN)
     live.wait_for(lambda d: d.buffer_ready >= 2, what="two buffered samples")
     client.predict(api_name="/next")
     client.predict(0.5, api_name="/rate")
     client.predict(-0.5, api_name="/rate")
-    rows = [json.loads(line) for line in downloaded(client.predict(api_name="/export_jsonl")).read_text().splitlines()]
+    exported = downloaded(client.predict(ADMIN_TOKEN, api_name="/export_jsonl"))
+    rows = [json.loads(line) for line in exported.read_text().splitlines()]
     assert sorted(r["score"] for r in rows if r.get("rater") == "carol") == [-0.5, 0.5], rows
-    assert downloaded(client.predict(api_name="/export_parquet")).stat().st_size > 0
+    assert downloaded(client.predict(ADMIN_TOKEN, api_name="/export_parquet")).stat().st_size > 0
     prompt, first, current = client.predict("", api_name="/compare")
     assert prompt, "an empty prompt means a prompt from the dataset"
     assert first["label"] == "First version (v0)" and current["label"].startswith("Current version (v")
@@ -109,17 +141,26 @@ def test_export_downloads_and_compare(live: LiveApp, tmp_path: Path) -> None:
 
 def test_actions_before_sign_in_are_refused_not_crashing(live: LiveApp) -> None:
     client = Client(live.url, verbose=False, download_files=False)
-    assert client.predict(api_name="/pause_training").startswith("**Refused.**")
+    assert client.predict("", api_name="/pause_training").startswith("**Refused.**")
     client.predict(0.5, api_name="/rate")  # a "Sign in first" toast; nothing is stored
     assert live.service.dashboard().counts["ratings"] == 0
 
 
 def test_with_auth_the_login_name_is_the_rater(tiny_model: Path, prompts_file: Path, tmp_path: Path) -> None:
-    settings = tiny_settings(tiny_model, prompts_file, tmp_path / "data", auth=(("alice", "pw"),))
+    settings = tiny_settings(
+        tiny_model, prompts_file, tmp_path / "data", auth=(("alice", "pw"), ("mallory", "pw2")), admins=("alice",)
+    )
     with serve(settings, auth=list(settings.auth)) as live:
         client = Client(live.url, verbose=False, download_files=False, auth=("alice", "pw"))
-        badge, saved, _timer = client.predict("mallory", api_name="/login")  # a typed name cannot override it
-        assert badge == "Rating as **alice** · rater" and saved == "alice"
+        badge, saved, *_ = client.predict("mallory", "", api_name="/login")  # a typed name cannot override it
+        assert badge == "Rating as **alice** · admin" and saved == "alice"  # alice is in --admins
         client.predict(api_name="/next")
         client.predict(0.5, api_name="/rate")
         assert [r.rater for r in live.service.recent_ratings(5)] == ["alice"]
+        mallory = Client(live.url, verbose=False, download_files=False, auth=("mallory", "pw2"))
+        mallory.session_hash = client.session_hash  # alice's tab: its gr.State says "alice"
+        mallory.predict(-1.0, api_name="/rate")  # refused: the request is mallory's
+        assert [r.rater for r in live.service.recent_ratings(5)] == ["alice"]
+        assert mallory.predict(api_name="/dashboard") == ({"__type__": "update"},) * 2
+        assert mallory.predict("", api_name="/pause_training").startswith("**Refused.**"), "mallory is no admin"
+        assert client.predict("", api_name="/pause_training") == "Training paused."  # alice, by her login
