@@ -36,6 +36,7 @@ from playwright.sync_api import Page, sync_playwright
 from app.service import FeedbackService
 from app.ui.contract import Service
 from app.views import Dashboard
+from app.access import Caller
 from tests.ui.live_app import LiveApp, serve, tiny_model_folder, tiny_settings, write_prompts
 
 LOG = logging.getLogger("bench.latency")
@@ -130,14 +131,14 @@ def rate_once(page: Page, live: LiveApp, rng: random.Random) -> tuple[float, boo
 
 def measure(live: LiveApp, page: Page, n_idle: int, n_step: int, max_s: float) -> dict[str, Any]:
     rng = random.Random(0)
-    admin = live.service.login("admin")
-    live.service.set_paused(admin.id, True)
+    admin = Caller(admin_token=live.service.access.admin_token or "")
+    live.service.set_paused(admin, True)
     idle: list[float] = []
     for _ in range(n_idle):
         ms, _ = rate_once(page, live, rng)
         idle.append(ms)
     LOG.info("idle: %d clicks, p50 %.0f ms, p95 %.0f ms", len(idle), percentile(idle, 50), percentile(idle, 95))
-    live.service.set_paused(admin.id, False)  # the scored idle-phase samples become back-to-back PPO steps
+    live.service.set_paused(admin, False)  # the scored idle-phase samples become back-to-back PPO steps
     during: list[float] = []
     deadline, clicks = time.monotonic() + max_s, 0
     while len(during) < n_step and time.monotonic() < deadline and clicks < 4 * n_step:

@@ -19,7 +19,7 @@ from storage.engine import open_database
 from storage.prompts import prompts_for_generation
 from storage.records import NewSample
 from storage.samples import add_samples
-from tests.ui.live_app import LiveApp
+from tests.ui.live_app import ADMIN_TOKEN, LiveApp
 
 pytestmark = pytest.mark.browser
 PAYLOAD = (
@@ -49,8 +49,8 @@ def page(chromium: Any, dialogs: list[str]) -> Iterator[Page]:
     context.close()
 
 
-def sign_in(page: Page, live: LiveApp, name: str) -> None:
-    page.goto(live.url)
+def sign_in(page: Page, live: LiveApp, name: str, admin_link: bool = False) -> None:
+    page.goto(f"{live.url}?admin={ADMIN_TOKEN}" if admin_link else live.url)
     page.locator("#name-box").locator("input, textarea").first.fill(name)
     page.click("#login-btn")
     expect(page.locator("#rater-badge")).to_contain_text(name)
@@ -152,7 +152,8 @@ def test_markup_in_a_response_is_shown_as_text(
 ) -> None:
     live.wait_for(lambda d: d.buffer_ready >= d.buffer_target, what="a full buffer")
     insert_sample(live, PAYLOAD)
-    sign_in(page, live, "admin")
+    sign_in(page, live, "carol", admin_link=True)
+    assert "admin=" not in page.url, "the token is taken out of the address bar"
     response = page.locator("#response textarea")
     for _ in range(2 * live.settings.buffer_target):  # newest first: normally the very first sample
         if "<script>" in response.input_value():
@@ -172,3 +173,24 @@ def test_markup_in_a_response_is_shown_as_text(
     assert page.locator("img[src='x']").count() == 0, "an injected <img> exists in the DOM"
     injected = "() => [...document.querySelectorAll('script')].filter(s => s.textContent.includes('__xss')).length"
     assert page.evaluate(injected) == 0, "an injected <script> exists in the DOM"
+
+
+def test_the_name_admin_gives_no_controls_and_the_admin_link_does(live: LiveApp, page: Page) -> None:
+    sign_in(page, live, "admin")
+    page.get_by_role("tab", name="Watch").click()
+    expect(page.locator("#dash-status")).to_contain_text("Model v")  # a signed-in user sees the dashboard
+    expect(page.locator("#admin-panel")).to_be_hidden()
+    page.goto(f"{live.url}?admin=wrong-token")  # the saved name signs the tab back in, with a wrong token
+    expect(page.locator("#rater-badge")).to_contain_text("admin · rater")
+    page.get_by_role("tab", name="Watch").click()
+    expect(page.locator("#admin-panel")).to_be_hidden()
+
+    page.goto(f"{live.url}?admin={ADMIN_TOKEN}")  # the admin link printed at start-up
+    expect(page.locator("#rater-badge")).to_contain_text("· admin")
+    assert "admin=" not in page.url, "the token is taken out of the address bar"
+    page.get_by_role("tab", name="Watch").click()
+    page.click("#pause-btn")
+    expect(page.locator("#admin-message")).to_contain_text("Training paused.")
+    assert live.service.dashboard().training == "paused"
+    page.reload()  # the token is remembered by this browser, not by the address bar
+    expect(page.locator("#rater-badge")).to_contain_text("· admin")
