@@ -1,129 +1,208 @@
-"""The command line: `python -m app --help`. Every option can also come from an environment variable
-`RLHF_LIVE_<OPTION>` (e.g. `RLHF_LIVE_AUTH=alice:secret`), which the command line overrides."""
+"""The command line, derived from `AppSettings`: `python -m app --help`.
+
+One option per field (`batch_size` -> `--batch-size`); its help is the field's docstring, its default the field's
+default, its form the field's type (`int`, `float`, `str`, `Path`, `bool` -> `--x/--no-x`, `X | None`, `Literal` ->
+choices, `tuple[str, ...]` -> `a,b`, `auth` -> `user:pass[,user:pass]`). Every option can also come from an
+environment variable `RLHF_LIVE_<OPTION>` (e.g. `RLHF_LIVE_BATCH_SIZE=4`); the command line overrides it, and an
+empty variable counts as unset. Only the options given (on the command line or in the environment) reach
+`AppSettings(...)`: every other value is the dataclass's own default, so there is no second copy of it here."""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
+import inspect
 import os
-from collections.abc import Mapping, Sequence
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import Field, fields
 from pathlib import Path
+from typing import Any, Literal
 
-from app.settings import AppSettings
+from app.settings import SECRET_FIELDS, AppSettings, field_types, option
 
 ENV_PREFIX = "RLHF_LIVE_"
 
+GROUPS = {
+    "model": "model and data",
+    "batch_size": "PPO",
+    "max_new_tokens": "generation",
+    "device": "runtime",
+    "host": "server",
+}
+"""The first field of each group of options; `AppSettings` lists its fields group by group."""
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """One option per `AppSettings` field. Defaults are suppressed (an option not given is absent from the parsed
+    namespace); `--help` shows the dataclass default, or the environment's value when one is set."""
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
         prog="rlhf-live",
+        usage="%(prog)s [options]  (--help lists them)",
         description="Rate a language model's responses in the browser; every full batch of scores becomes a PPO "
-        f"step and the new weights go live. Options also read {ENV_PREFIX}<OPTION> environment variables.",
+        "step and the new weights go live.",
+        epilog=f"Every option can also be set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}BATCH_SIZE=4); the command "
+        "line overrides it. Serving beyond loopback (or --share) needs --auth.",
+        argument_default=argparse.SUPPRESS,
     )
-    g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="smollm2-135m-instruct", help="registry name, local folder or hub id")
-    g.add_argument("--dataset", default=None, help="csv/json/jsonl/parquet file or hub dataset (default: shipped)")
-    g.add_argument("--query-column", default="query", help="dataset column with the prompts (default: query)")
-    g.add_argument("--data-dir", type=Path, default=Path("data"), help="SQLite file, checkpoints, exports")
-    g.add_argument("--db", default=None, help="SQLAlchemy URL (default: sqlite:///<data-dir>/feedback.db)")
-    g.add_argument(
-        "--reward",
-        default="human",
-        help="human | vader | length[:N] | classifier folder[#LABEL] | module:function (default: human)",
-    )
-    t = p.add_argument_group("PPO")
-    t.add_argument("--batch-size", type=int, default=8, help="scored samples per PPO step (default: 8)")
-    t.add_argument("--mini-batch-size", type=int, default=None, help="default: the batch size")
-    t.add_argument("--ppo-epochs", type=int, default=4)
-    t.add_argument("--learning-rate", type=float, default=1.41e-5)
-    t.add_argument("--init-kl-coef", type=float, default=0.2)
-    t.add_argument("--max-staleness", type=int, default=2, help="oldest trainable sample, in versions (default: 2)")
-    t.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints (default: 10)")
-    t.add_argument("--seed", type=int, default=0)
-    gen = p.add_argument_group("generation")
-    gen.add_argument("--max-new-tokens", type=int, default=48)
-    gen.add_argument("--temperature", type=float, default=0.7)
-    gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--buffer", type=int, default=None, help="unrated samples kept ready (default: 2 x batch)")
-    r = p.add_argument_group("runtime")
-    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads in total (default: all cores)")
-    s = p.add_argument_group("server")
-    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--auth", default=None, help="user:pass[,user:pass] enables the login page")
-    s.add_argument("--admins", default="admin", help="rater names with the admin role (default: admin)")
-    s.add_argument("--share", action=argparse.BooleanOptionalAction, default=False, help="public Gradio link")
-    _env_defaults(p, os.environ)
-    return p
-
-
-def _env_defaults(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    """`RLHF_LIVE_BATCH_SIZE=4` acts as the default of `--batch-size` (argparse converts string defaults)."""
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = env.get(ENV_PREFIX + action.dest.upper())
-        if value is None:
-            continue
-        if isinstance(action, argparse.BooleanOptionalAction):
-            action.default = value.strip().lower() in ("1", "true", "yes", "on")
+    group: argparse._ActionsContainer = parser
+    for f in fields(AppSettings):
+        if f.name in GROUPS:
+            group = parser.add_argument_group(GROUPS[f.name])
+        hint = field_types()[f.name]
+        text = _help(f, env)
+        if hint is bool:
+            group.add_argument(option(f.name), action=argparse.BooleanOptionalAction, help=text)
         else:
-            action.default = value
+            _, metavar = _form(f.name, hint)
+            choices = _choices(hint)
+            group.add_argument(option(f.name), metavar=None if choices else metavar, choices=choices, help=text)
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AppSettings:
+    """Command line (and environment) -> settings; a bad value exits with status 2 and one line, like argparse."""
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    given = vars(parser.parse_args(argv))
+    try:
+        return AppSettings(**_values(given, env))
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def _values(given: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """The fields set on the command line or else in the environment, converted to their types."""
+    values: dict[str, Any] = {}
+    for name, hint in field_types().items():
+        if name in given:
+            raw, source = given[name], option(name)
+        elif env.get(ENV_PREFIX + name.upper()):
+            raw, source = env[ENV_PREFIX + name.upper()], ENV_PREFIX + name.upper()
+        else:
+            continue
+        if isinstance(raw, bool):  # --x / --no-x
+            values[name] = raw
+            continue
+        try:
+            values[name] = _form(name, hint)[0](raw)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
+    return values
 
 
 def parse_auth(text: str | None) -> tuple[tuple[str, str], ...]:
-    """`alice:pw1,bob:pw2` -> (("alice", "pw1"), ("bob", "pw2"))."""
+    """`alice:pw1,bob:pw2` -> (("alice", "pw1"), ("bob", "pw2")). Errors never show a password."""
     if not text:
         return ()
+    items = text.split(",")
     pairs = []
-    for item in text.split(","):
+    for number, item in enumerate(items, 1):
         user, sep, password = item.partition(":")
         if not sep or not user.strip() or not password:
-            raise ValueError(f"--auth entries must be user:password, got {item!r}")
+            raise ValueError(
+                f"entries must be user:password; entry {number} of {len(items)} is not (a password cannot hold a comma)"
+            )
         pairs.append((user.strip(), password))
     return tuple(pairs)
 
 
 def parse_names(text: str) -> tuple[str, ...]:
+    """`alice, bob,` -> ("alice", "bob")."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def settings_from_args(args: argparse.Namespace) -> AppSettings:
-    """Raises ValueError with a one-line message for a bad combination."""
-    return AppSettings(
-        model=args.model,
-        dataset=args.dataset,
-        query_column=args.query_column,
-        data_dir=args.data_dir,
-        db=args.db,
-        reward=args.reward,
-        batch_size=args.batch_size,
-        mini_batch_size=args.mini_batch_size,
-        ppo_epochs=args.ppo_epochs,
-        learning_rate=args.learning_rate,
-        init_kl_coef=args.init_kl_coef,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        buffer=args.buffer,
-        max_staleness=args.max_staleness,
-        checkpoint_every=args.checkpoint_every,
-        host=args.host,
-        port=args.port,
-        auth=parse_auth(args.auth),
-        admins=parse_names(args.admins),
-        device=args.device,
-        threads=args.threads,
-        seed=args.seed,
-        share=args.share,
-    )
+def _parse_bool(text: str) -> bool:
+    """The environment's spelling of a flag: 1/0, true/false, yes/no, on/off."""
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(f"expected one of {'/'.join(_TRUE + _FALSE)}, got {text!r}")
+    return word in _TRUE
 
 
-def parse_settings(argv: Sequence[str] | None = None) -> AppSettings:
-    """Command line (and environment) -> settings; a bad value exits with status 2 and one line, like argparse."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _parse_int(text: str) -> int:
     try:
-        return settings_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+
+
+_FORMS: dict[Any, tuple[Callable[[str], Any], str | None]] = {
+    int: (_parse_int, "N"),
+    float: (_parse_float, "X"),
+    str: (str, None),  # argparse's metavar: the option's name
+    Path: (Path, "PATH"),
+    bool: (_parse_bool, None),
+    tuple[str, ...]: (parse_names, "A,B,..."),
+    tuple[tuple[str, str], ...]: (parse_auth, "USER:PASS[,USER:PASS]"),
+}
+"""How a value of each annotated type is written: its parser (text -> value) and its metavar."""
+
+
+def _form(name: str, hint: Any) -> tuple[Callable[[str], Any], str | None]:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None: the option is X; not giving it leaves None
+        (hint,) = (arg for arg in args if arg is not type(None))
+    if typing.get_origin(hint) is Literal:
+        return str, None
+    if hint not in _FORMS:
+        raise TypeError(f"AppSettings.{name}: no command-line form for {hint}; add one to app/cli.py _FORMS")
+    return _FORMS[hint]
+
+
+def _choices(hint: Any) -> tuple[str, ...] | None:
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def _help(f: Field[Any], env: Mapping[str, str]) -> str:
+    """The field's docstring and its default: the environment's value, else the dataclass's; never a secret's."""
+    variable = ENV_PREFIX + f.name.upper()
+    if f.name in SECRET_FIELDS:
+        shown = f" (set by {variable})" if env.get(variable) else ""
+    elif env.get(variable):
+        shown = f" (default: {env[variable]}, from {variable})"
+    else:
+        shown = f" (default: {_show(f.default)})" if f.default is not None else ""
+    return (field_docs()[f.name] + shown).replace("%", "%%")
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """Each field's docstring (the string literal under it), read from the source of `AppSettings`."""
+    cls = ast.parse(textwrap.dedent(inspect.getsource(AppSettings))).body[0]
+    assert isinstance(cls, ast.ClassDef)
+    docs: dict[str, str] = {}
+    for node, after in zip(cls.body, cls.body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    missing = [f.name for f in fields(AppSettings) if f.name not in docs]
+    if missing:
+        raise TypeError(f"AppSettings fields without a docstring (their --help): {', '.join(missing)}")
+    return docs

@@ -1,18 +1,35 @@
-"""`AppSettings`: everything the app is configured with, built once at start-up (app/cli.py) and passed down."""
+"""`AppSettings`: everything the app is configured with, built once at start-up (app/cli.py) and passed down.
+
+The command line is derived from this dataclass (app/cli.py): one option per field, its help the field's docstring,
+its default the field's default. A field's error messages name it as its option (`--batch-size`)."""
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import math
-from dataclasses import dataclass
+import re
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 SCORE_RANGE: tuple[float, float] = (-1.0, 1.0)
 """The rating scale (the slider's bounds); storage validates every score against it."""
 
+Device = Literal["auto", "cpu", "cuda"]
+
+_URL_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,}")  # the alphabet of secrets.token_urlsafe
+_MAX_SEED = 2**32 - 1  # numpy's seed range
+
 
 @dataclass(frozen=True)
 class AppSettings:
-    """Settings of one run of the app. `__post_init__` validates; derived values are properties."""
+    """Settings of one run of the app. `__post_init__` validates; derived values are properties.
+
+    Fields are grouped (model and data, PPO, generation, runtime, server) in the order `--help` lists them. A field
+    with `repr=False` is a secret: it is left out of the repr and its value is never shown by `--help`."""
 
     model: str = "smollm2-135m-instruct"
     """A registry name, a local model folder, or a hub id (needs a network)."""
@@ -26,6 +43,9 @@ class AppSettings:
     """A SQLAlchemy URL; None = `sqlite:///<data_dir>/feedback.db`."""
     reward: str = "human"
     """`human`, or an automatic reward: `vader`, `length[:N]`, a classifier folder[#LABEL], `module:function`."""
+    reward_choices: tuple[str, ...] = ("human", "vader", "length:40")
+    """Reward sources an admin may switch to on the page (with --reward); only the command line names them."""
+
     batch_size: int = 8
     """Scored samples per PPO step."""
     mini_batch_size: int | None = None
@@ -36,6 +56,15 @@ class AppSettings:
     """Adam learning rate."""
     init_kl_coef: float = 0.2
     """Initial KL penalty coefficient (adaptive controller)."""
+    max_staleness: int = 2
+    """Samples generated more than this many versions ago are never trained."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every N steps (and on shutdown)."""
+    keep_checkpoints: int = 3
+    """Checkpoint folders kept (the newest); older ones are deleted."""
+    seed: int = 0
+    """Seed of torch/numpy/random (set once when the trainer is built)."""
+
     max_new_tokens: int = 48
     """Response length limit."""
     temperature: float = 0.7
@@ -44,34 +73,13 @@ class AppSettings:
     """Nucleus sampling threshold of the generator."""
     buffer: int | None = None
     """Unrated samples the generator keeps ready; None = 2 x batch_size."""
-    max_staleness: int = 2
-    """Samples generated more than this many versions ago are never trained."""
-    checkpoint_every: int = 10
-    """Save a checkpoint every N steps (and on shutdown)."""
-    host: str = "127.0.0.1"
-    """Interface the web server listens on (0.0.0.0 for every interface)."""
-    port: int = 7860
-    """Port of the web server."""
-    auth: tuple[tuple[str, str], ...] = ()
-    """(user, password) pairs for Gradio's login page; empty = no login, raters just type a name."""
-    admins: tuple[str, ...] = ("admin",)
-    """Rater names with the admin role (pause, reward source, checkpoints)."""
-    device: str = "auto"
+    max_prompt_tokens: int = 512
+    """Prompts longer than this (after the chat template) keep their last tokens."""
+
+    device: Device = "auto"
     """`auto` (CUDA when available), `cpu` or `cuda`."""
     threads: int | None = None
     """Torch CPU threads in total, split between generator and trainer; None = all cores."""
-    seed: int = 0
-    """Seed of torch/numpy/random (set once when the trainer is built)."""
-    share: bool = False
-    """Ask Gradio for a public share link."""
-    insecure_no_auth: bool = False
-    """Serve beyond loopback (or with --share) without --auth: anyone who reaches the page can rate and watch."""
-    admin_token: str | None = None
-    """Without --auth, the admin's secret (opened as `/?admin=TOKEN`); None = a random one printed at start-up."""
-    reward_choices: tuple[str, ...] = ("human", "vader", "length:40")
-    """Reward sources an admin may switch to on the page (with --reward); only the command line names them."""
-    keep_checkpoints: int = 3
-    """Checkpoint folders kept (the newest); older ones are deleted."""
     pause_after_failures: int = 5
     """Consecutive failed steps after which the trainer pauses itself until an admin resumes it."""
     retry_backoff_s: float = 2.0
@@ -80,14 +88,36 @@ class AppSettings:
     """The longest wait between retries of a failed step."""
     reward_timeout_s: float = 30.0
     """Time limit of one call of an automatic reward; a sample it hangs or fails on is quarantined."""
-    max_prompt_tokens: int = 512
-    """Prompts longer than this (after the chat template) keep their last tokens."""
     lease_seconds: float = 300.0
     """How long a sample shown to a rater stays reserved for them."""
     poll_seconds: float = 0.5
     """How often idle workers look for work (they are also woken by ratings)."""
 
+    host: str = "127.0.0.1"
+    """Interface the web server listens on (0.0.0.0 for every interface; beyond loopback needs --auth)."""
+    port: int = 7860
+    """Port of the web server."""
+    auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """(user, password) pairs for Gradio's login page; empty = no login, raters just type a name."""
+    admins: tuple[str, ...] = ("admin",)
+    """With --auth, the auth users with the admin role (pause, reward source, checkpoints, export)."""
+    admin_token: str | None = field(default=None, repr=False)
+    """Without --auth, the admin's secret (opened as `/?admin=TOKEN`); None = a random one printed at start-up."""
+    share: bool = False
+    """Ask Gradio for a public share link (needs --auth)."""
+    insecure_no_auth: bool = False
+    """Serve beyond loopback (or with --share) without --auth: anyone who reaches the page can rate and watch."""
+
     def __post_init__(self) -> None:
+        for name, hint in field_types().items():
+            _check_type(name, getattr(self, name), hint, secret=name in SECRET_FIELDS)
+        self._check_training()
+        self._check_text()
+        self._check_server()
+        self._check_access()
+        self._check_exposure()
+
+    def _check_training(self) -> None:
         for name in (
             "batch_size",
             "ppo_epochs",
@@ -96,17 +126,21 @@ class AppSettings:
             "max_prompt_tokens",
             "keep_checkpoints",
             "pause_after_failures",
+            "mini_batch_size",
+            "buffer",
+            "threads",
         ):
-            _positive_int(name, getattr(self, name))
-        for name in ("mini_batch_size", "buffer", "threads"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{option(name)} must be a positive integer, got {value!r}")
         if self.batch_size % self.effective_mini_batch_size:
             raise ValueError(
                 f"--batch-size ({self.batch_size}) must be a multiple of --mini-batch-size ({self.mini_batch_size})"
             )
-        if isinstance(self.max_staleness, bool) or not isinstance(self.max_staleness, int) or self.max_staleness < 0:
+        if self.max_staleness < 0:
             raise ValueError(f"--max-staleness must be an int >= 0, got {self.max_staleness!r}")
+        if not 0 <= self.seed <= _MAX_SEED:
+            raise ValueError(f"--seed must be in 0..{_MAX_SEED}, got {self.seed}")
         for name in (
             "learning_rate",
             "temperature",
@@ -116,19 +150,71 @@ class AppSettings:
             "max_backoff_s",
             "reward_timeout_s",
         ):
-            _positive_float(name, getattr(self, name))
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{option(name)} must be a number > 0, got {value!r}")
+        if self.retry_backoff_s > self.max_backoff_s:
+            raise ValueError(
+                f"--retry-backoff-s ({self.retry_backoff_s}) must not exceed --max-backoff-s ({self.max_backoff_s})"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.init_kl_coef) and self.init_kl_coef >= 0):
             raise ValueError(f"--init-kl-coef must be >= 0, got {self.init_kl_coef}")
+
+    def _check_text(self) -> None:
+        for name in ("model", "query_column", "reward", "dataset", "db"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{option(name)} must not be empty")
+        for choice in self.reward_choices:
+            if not choice.strip():
+                raise ValueError(f"--reward-choices names an empty reward source: {self.reward_choices!r}")
+
+    def _check_server(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"--port must be in 1..65535, got {self.port}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if not self.query_column.strip():
-            raise ValueError("--query-column must not be empty")
-        if not self.reward.strip():
-            raise ValueError("--reward must not be empty")
+        if not self.host or not all(c.isprintable() and not c.isspace() for c in self.host):
+            raise ValueError(f"--host must be an interface name or address, got {self.host!r}")
+
+    def _check_access(self) -> None:
+        """Logins, admins and the admin token; no message shows a password or the token."""
+        users = [user for user, _ in self.auth]
+        for user, password in self.auth:
+            if not user or user != user.strip() or not password:
+                raise ValueError(f"--auth entries must be user:password with a name and a password, got user {user!r}")
+        if len(set(users)) < len(users):
+            twice = sorted({user for user in users if users.count(user) > 1})
+            raise ValueError(f"--auth names a user twice: {', '.join(map(repr, twice))}")
+        for name in self.admins:
+            if not name or name != name.strip():
+                raise ValueError(f"--admins names must be non-empty, without surrounding spaces, got {name!r}")
+        strangers = [name for name in self.admins if name not in users]
+        if users and strangers:
+            raise ValueError(
+                f"--admins {', '.join(map(repr, strangers))}: not --auth users ({', '.join(map(repr, users))}); "
+                f"with --auth, admins sign in, so name auth users, e.g. --admins {users[0]}"
+            )
+        if self.admin_token is not None and not _URL_SAFE_TOKEN.fullmatch(self.admin_token):
+            raise ValueError(
+                f"--admin-token must be at least 16 URL-safe characters (A-Z a-z 0-9 - _), "
+                f"got {len(self.admin_token)} characters"
+            )
+
+    def _check_exposure(self) -> None:
+        """Beyond this machine only with a login page (or when asked for in so many words)."""
+        if self.auth or self.insecure_no_auth:
+            return
+        if self.share:
+            what, who = "--share", "anyone with the link"
+        elif not is_loopback(self.host):
+            what, who = f"to serve on {self.host}", "anyone who can reach it"
+        else:
+            return
+        raise ValueError(
+            f"refusing {what} without --auth: {who} could rate, read the dashboard and export; "
+            "add --auth user:pass (and --admins), or --insecure-no-auth"
+        )
 
     @property
     def db_url(self) -> str:
@@ -156,11 +242,70 @@ class AppSettings:
         return self.reward == "human"
 
 
-def _positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+SECRET_FIELDS = frozenset(f.name for f in AppSettings.__dataclass_fields__.values() if not f.repr)
+"""Fields whose values are never printed (repr, --help, error messages)."""
 
 
-def _positive_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"--{name.replace('_', '-')} must be a number > 0, got {value!r}")
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """Each field's annotation, evaluated (`str | None`, `tuple[str, ...]`, `Literal[...]`)."""
+    return typing.get_type_hints(AppSettings)
+
+
+def option(name: str) -> str:
+    """`batch_size` -> `--batch-size`: the option a field is set with, the name its errors use."""
+    return "--" + name.replace("_", "-")
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`: reachable from this machine only."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _conforms(value: object, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return isinstance(value, str) and value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_conforms(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_conforms(item, arg) for item, arg in zip(value, args))
+    if hint is type(None):
+        return value is None
+    if hint is float:  # an int is a float (PEP 484's numeric tower), a bool is neither
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_type(name: str, value: object, hint: Any, secret: bool) -> None:
+    if not _conforms(value, hint):
+        shown = f"a {type(value).__name__}" if secret else _short_repr(value)
+        raise ValueError(f"{option(name)} must be {_describe(hint)}, got {shown}")
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is tuple:
+        return "a tuple of " + (_describe(args[0]) if args[-1] is Ellipsis else ", ".join(map(_describe, args)))
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _short_repr(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
