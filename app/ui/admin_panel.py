@@ -91,7 +91,14 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
     apply.click(on_reward, [token, source], message, api_name="set_reward_source", **ADMIN_EVENTS)
     save.click(on_save, [token], message, api_name="save_checkpoint", **ADMIN_EVENTS)
     for fmt, button in export_buttons.items():
-        button.click(_bound(on_export, fmt), [token], export_file, api_name=f"export_{fmt}", concurrency_id="export")
+        button.click(
+            _bound(on_export, fmt),
+            [token],
+            export_file,
+            api_name=f"export_{fmt}",
+            concurrency_id="export",
+            concurrency_limit=1,
+        )
     return panel, (on_load, [], [source])
 
 

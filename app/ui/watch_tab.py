@@ -138,5 +138,6 @@ def build_watch_tab(service: Service, rater: gr.State, token: gr.Textbox) -> Wat
         [compare_prompt, first, current],
         api_name="compare",
         concurrency_id="compare",
+        concurrency_limit=1,  # greedy generation in the generator thread: one at a time anyway
     )
     return WatchTab(timer, admin, refreshers, [load_reward_source])
