@@ -13,7 +13,6 @@ from `gr.State`, which is keyed by a session hash the client chooses.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -74,13 +73,3 @@ class Access:
             return None
         return f"{base_url.rstrip('/')}/?{TOKEN_PARAM}={self.admin_token}"
 
-
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and `localhost`: reachable from this machine only."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False

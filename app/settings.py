@@ -99,8 +99,9 @@ class AppSettings:
     """Port of the web server."""
     auth: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     """(user, password) pairs for Gradio's login page; empty = no login, raters just type a name."""
-    admins: tuple[str, ...] = ("admin",)
-    """With --auth, the auth users with the admin role (pause, reward source, checkpoints, export)."""
+    admins: tuple[str, ...] = ()
+    """With --auth, the auth users with the admin role (pause, reward source, checkpoints, export); none by
+    default. Without --auth it means nothing: the admin is whoever opens the admin link printed at start-up."""
     admin_token: str | None = field(default=None, repr=False)
     """Without --auth, the admin's secret (opened as `/?admin=TOKEN`); None = a random one printed at start-up."""
     share: bool = False

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from app.access import Access, Caller, is_loopback
+from app.access import Access, Caller
 from app.errors import AccessDenied, UserError, public_text
 from app.service import FeedbackService
-from app.settings import AppSettings
+from app.settings import AppSettings, is_loopback
 from app.ui.errors import error_text
 from app.worker import ErrorLog
 from tests.app.fakes import FakeTrainer, fake_service
@@ -138,8 +138,10 @@ def test_errors_shown_to_a_browser_carry_no_server_values(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.5.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True)]
-    + [("0.0.0.0", False), ("::", False), ("192.168.1.2", False), ("example.org", False), ("", False)],
+    [
+        *[("127.0.0.1", True), ("127.5.0.1", True), ("::1", True), ("[::1]", True), ("localhost", True)],
+        *[("0.0.0.0", False), ("::", False), ("192.168.1.2", False), ("example.org", False), ("", False)],
+    ],
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback

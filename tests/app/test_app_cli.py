@@ -68,7 +68,7 @@ def test_defaults_environment_and_command_line(monkeypatch: pytest.MonkeyPatch, 
         "smollm2-135m-instruct", 8, "human", 7860,
     )  # fmt: skip
     assert defaults.db_url == f"sqlite:///{(Path('data') / 'feedback.db').resolve()}"
-    assert defaults.buffer_target == 16 and defaults.admins == ("admin",) and not defaults.share
+    assert defaults.buffer_target == 16 and defaults.admins == () and not defaults.share
     monkeypatch.setenv("RLHF_LIVE_BATCH_SIZE", "4")
     monkeypatch.setenv("RLHF_LIVE_AUTH", "alice:pw,admin:secret")
     monkeypatch.setenv("RLHF_LIVE_SHARE", "false")
@@ -201,7 +201,7 @@ def test_every_field_is_an_option_with_its_docstring_default_and_type(
     assert doc and doc.replace("%", "%%") in (action.help or "")
     if field.default is not None and field.name not in ("auth", "admin_token"):
         shown = ",".join(field.default) if isinstance(field.default, tuple) else str(field.default)
-        shown = {"True": "on", "False": "off"}.get(shown, shown)
+        shown = {"True": "on", "False": "off", "": "none"}.get(shown, shown)
         assert f"(default: {shown})" in (action.help or "")
     assert getattr(parse_settings([]), field.name) == field.default
     argv, value = written(field.name, typing.get_type_hints(AppSettings)[field.name], field.default)
