@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer
 
-from app.checkpoints import ResumePoint, load_optimizer_state
+from app.checkpoints import ResumePoint
 from app.settings import AppSettings
 from ppo_core import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, create_reference_model, set_seed
 from ppo_core.registry import resolve_model
+from ppo_core.trainer_state import load_trainer_state
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,9 @@ def load_models(settings: AppSettings, runtime: Runtime, resume: ResumePoint | N
         warnings.filterwarnings("ignore", message="No dataset is provided")
         trainer = PPOTrainer(ppo_config(settings, runtime), policy, ref_model=reference, tokenizer=tokenizer)
     if resume is not None:
-        load_optimizer_state(trainer.optimizer, resume.folder, runtime.device)
-        trainer.kl_ctl.value = resume.state.kl_coef
+        trainer.kl_ctl.value = resume.state.kl_coef  # what a folder of an older release has, besides the optimizer
         trainer.current_step = resume.state.step
+        load_trainer_state(trainer, resume.folder)  # optimizer, KL, step, scheduler, score moments, RNG
     return Models(tokenizer, trainer, reference, generator_model, version)
 
 

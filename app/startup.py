@@ -15,7 +15,7 @@ from app.settings import AppSettings
 from ppo_core.prompts import DEFAULT_PROMPTS, load_prompts
 from storage.engine import Database, open_database
 from storage.errors import StorageError
-from storage.history import training_history
+from storage.history import newest_version
 from storage.prompts import add_prompts
 from storage.records import PromptImport
 
@@ -78,13 +78,13 @@ def import_prompts(db: Database, settings: AppSettings) -> PromptSet:
 def resume_version(db: Database, resume: ResumePoint | None) -> int:
     """The version number of the weights we start with.
 
-    Normally the checkpoint's. If storage knows of newer versions (a crash after steps that no checkpoint holds),
-    those steps' weights are gone: we resume the checkpoint's weights under a fresh number above every known
-    version, so that a version number never names two different sets of weights.
+    Normally the checkpoint's. If storage knows of newer versions (steps that no checkpoint holds, recorded or
+    already retired to `lost_steps` by app.recovery), those steps' weights are gone: we resume the checkpoint's
+    weights under a fresh number above every version ever produced, so that a version number never names two
+    different sets of weights. The answer is the same before and after `recover_training`.
     """
     with db.read_session_factory.begin() as s:
-        steps = training_history(s)
-    newest = max((x.policy_version for x in steps), default=0)
+        newest = newest_version(s)
     start = resume.state.version if resume is not None else 0
     if newest <= start:
         return start

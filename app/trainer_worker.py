@@ -3,8 +3,15 @@
 It owns the `PPOTrainer` (training model, optimizer, KL controller): nothing else touches them. Staleness policy
 (docs/app.md): a claim first marks open samples older than `version - max_staleness` stale (never trained; their
 ratings stay in storage and exports); samples inside the window are trained with the decoupled-PPO importance
-correction, using the behaviour log-probs stored with them. A failed step puts the batch back (storage's retry
-rule) and leaves the weights at the last published version.
+correction, using the behaviour log-probs stored with them.
+
+Faults (docs/app.md, "Failure handling"): the whole trainer state is captured before each step
+(ppo_core.trainer_state); a step that raises, or one whose recording fails afterwards, is undone exactly (weights,
+Adam moments, KL coefficient, step counter, scheduler, score moments, RNG). Only a fault of the batch's data fails
+the batch; any other goes back to pending and is retried with exponential back-off, and after
+`pause_after_failures` failures in a row the trainer pauses itself with a reason for the dashboard
+(app.step_faults). A step that checkpoints writes and fsyncs its folder first and records the step and the
+checkpoint in one transaction, so a crash never leaves storage ahead of the disk by more than app.recovery repairs.
 """
 
 from __future__ import annotations
@@ -25,15 +32,21 @@ from typing import Any
 
 import torch
 
-from app.checkpoints import TrainerState, record, save_checkpoint
+from app.checkpoints import TrainerState, prune_checkpoints, record, remove_folder, save_checkpoint
+from app.errors import public_text
 from app.models import Runtime
 from app.policy import PolicyPublisher, copy_state
+from app.recovery import recover_training
 from app.settings import AppSettings
+from app.step_faults import FailureTracker, pause_reason
 from app.worker import ErrorLog, Worker
 from ppo_core import PPOTrainer
 from ppo_core.stats import scalar_stats
-from storage.batches import claim_next_batch, fail_batch, finish_batch
+from ppo_core.trainer_state import capture_state
+from storage.batches import claim_next_batch, fail_batch, finish_batch, return_batch
 from storage.engine import Database
+from storage.errors import BatchStateError, StaleClaim
+from storage.history import record_checkpoint
 from storage.records import ClaimedBatch, StepIn
 
 log = logging.getLogger(__name__)
@@ -51,10 +64,15 @@ class TrainerStatus:
     last_step_s: float | None
     last_publish_s: float | None
     last_error: str | None
-    """Error of the most recent attempt; None once a step succeeds."""
+    """Error of the most recent attempt, as `app.errors.public_text` shows it; None once a step succeeds."""
     checkpoint_version: int | None
     batch_id: int | None
     """The batch being trained."""
+    paused_reason: str | None = None
+    """Why the trainer paused itself (e.g. "5 steps failed in a row (OSError: no space left on device); see the
+    server log"); no server paths or values. None when running, or when an admin paused it."""
+    consecutive_failures: int = 0
+    """Failed attempts since the last step that succeeded (or the last resume)."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,13 @@ class TrainerWorker(Worker):
         self.claimer = f"trainer@{socket.gethostname()}:{os.getpid()}"
         self.config_record = {**json_config(trainer.config.to_dict()), "max_staleness": settings.max_staleness}
         self.status = TrainerStatus("starting", publisher.version, 0, None, None, None, checkpoint_version, None)
+        self.faults = FailureTracker(settings.pause_after_failures, settings.retry_backoff_s, settings.max_backoff_s)
+        self.loaded_version = checkpoint_version
+        self._recovered = False
+        self._retry_at = 0.0
+        self._held: ClaimedBatch | None = None
+        """A batch still claimed by us that could not be handed back (the database failed too): retried first."""
+        self._resume = threading.Event()
         self._requests: queue.Queue[Future[Path]] = queue.Queue()
 
     @property
@@ -133,6 +158,13 @@ class TrainerWorker(Worker):
     def setup(self) -> None:
         if self.runtime.device.type == "cpu":
             torch.set_num_threads(self.runtime.train_threads)  # per thread with OpenMP; see docs/app.md
+        self.recover()
+
+    def recover(self) -> None:
+        """Start-up recovery (app.recovery), once, before the first claim; the composition root may call it first."""
+        if not self._recovered and self.status.steps == 0:
+            recover_training(self.db, self.settings.checkpoint_dir, self.loaded_version)
+        self._recovered = True
 
     def teardown(self) -> None:
         while True:  # answer pending save requests before the final checkpoint
@@ -148,43 +180,82 @@ class TrainerWorker(Worker):
 
     def tick(self) -> bool:
         self.serve_requests()
+        self._take_resume()
         if self.paused.is_set():
             self.status = replace(self.status, state="paused")
             return False
-        version = self.status.version
-        with self.db.session_factory.begin() as s:
-            batch = claim_next_batch(
-                s,
-                self.settings.batch_size,
-                self.claimer,
-                min_policy_version=max(0, version - self.settings.max_staleness),
-                use_auto_scores=self.use_auto_scores(),
-            )
+        if time.monotonic() < self._retry_at:
+            self.status = replace(self.status, state="waiting")
+            return False
+        batch = self._held or self._claim()
+        self._held = None
         if batch is None:
             self.status = replace(self.status, state="waiting")
             return False
         self.train(batch)
         return True
 
+    def _claim(self) -> ClaimedBatch | None:
+        version = self.status.version
+        with self.db.session_factory.begin() as s:
+            return claim_next_batch(
+                s,
+                self.settings.batch_size,
+                self.claimer,
+                min_policy_version=max(0, version - self.settings.max_staleness),
+                use_auto_scores=self.use_auto_scores(),
+            )
+
     def train(self, batch: ClaimedBatch) -> bool:
-        """One PPO step on a claimed batch; True when it was trained and published."""
+        """One PPO step on a claimed batch; True when it was trained, recorded and published. On any failure the
+        whole trainer state is put back as it was before the step."""
         self.status = replace(self.status, state="training", batch_id=batch.batch_id)
         start = time.perf_counter()
-        stepped = False
-        try:
-            stats = self.step(batch)
-            stepped = True
+        with capture_state(self.trainer) as snapshot:
+            try:
+                stats = self.step(batch)
+            except Exception as err:
+                snapshot.restore(self.trainer)
+                self._after_failure(batch, err, during_step=True)
+                return False
             step_s = time.perf_counter() - start
-            record = self._step_record(batch, stats, step_s)
+            try:
+                record, checkpointed = self._commit(batch, stats, step_s)
+            except Exception as err:
+                snapshot.restore(self.trainer)
+                self._after_failure(batch, err, during_step=False)
+                return False
+        self._after_success(batch, record, step_s, checkpointed)
+        return True
+
+    def step(self, batch: ClaimedBatch) -> dict[str, Any]:
+        t = batch_tensors(batch)
+        return self.trainer.step(t.queries, t.responses, t.scores, behaviour_logprobs=t.behaviour_logprobs)
+
+    def _commit(self, batch: ClaimedBatch, stats: dict[str, Any], step_s: float) -> tuple[StepIn, bool]:
+        """Record the step; when it is due for a checkpoint, the folder is written and fsynced first and recorded
+        in the same transaction as the step (a crash in between leaves an unrecorded folder: app.recovery)."""
+        record = self._step_record(batch, stats, step_s)
+        version = record.policy_version
+        due = version - (self.status.checkpoint_version or 0) >= self.settings.checkpoint_every
+        folder = self._save(version) if due else None
+        try:
             with self.db.session_factory.begin() as s:
                 finish_batch(s, batch, record)
-        except Exception as err:
-            # ppo_core raises ValueError (NonFiniteError included) only with the model and optimizer unchanged.
-            self._after_failure(batch, err, weights_changed=stepped or not isinstance(err, ValueError))
-            return False
+                if folder is not None:
+                    record_checkpoint(s, version, str(folder.resolve()))
+        except BaseException:
+            if folder is not None:
+                remove_folder(folder)
+            raise
+        return record, folder is not None
+
+    def _after_success(self, batch: ClaimedBatch, record: StepIn, step_s: float, checkpointed: bool) -> None:
         published = time.perf_counter()
         self.publisher.publish(record.policy_version, copy_state(self.model))
         publish_s = time.perf_counter() - published
+        self.faults.succeeded(batch.batch_id)
+        self._retry_at = 0.0
         st = self.status
         self.status = replace(
             st,
@@ -195,15 +266,12 @@ class TrainerWorker(Worker):
             last_publish_s=publish_s,
             last_error=None,
             batch_id=None,
+            checkpoint_version=record.policy_version if checkpointed else st.checkpoint_version,
+            consecutive_failures=0,
         )
         log.info("step on batch %d -> version %d in %.2f s", batch.batch_id, record.policy_version, step_s)
-        if record.policy_version - (st.checkpoint_version or 0) >= self.settings.checkpoint_every:
-            self.checkpoint()
-        return True
-
-    def step(self, batch: ClaimedBatch) -> dict[str, Any]:
-        t = batch_tensors(batch)
-        return self.trainer.step(t.queries, t.responses, t.scores, behaviour_logprobs=t.behaviour_logprobs)
+        if checkpointed:
+            self._prune()
 
     def _step_record(self, batch: ClaimedBatch, stats: dict[str, Any], step_s: float) -> StepIn:
         values, durations = split_stats(stats)
@@ -213,35 +281,69 @@ class TrainerWorker(Worker):
         durations["step_s"] = step_s
         return StepIn(self.status.version + 1, values, self.config_record, durations)
 
-    def _after_failure(self, batch: ClaimedBatch, err: Exception, weights_changed: bool) -> None:
-        """The batch goes back to storage for a retry; the weights stay at the last good version."""
-        if weights_changed:
-            self.restore_published()
+    def _after_failure(self, batch: ClaimedBatch, err: Exception, during_step: bool) -> None:
+        """The state is already restored. A data fault fails the batch; any other hands it back for a retry after
+        the back-off; enough failures in a row pause the trainer."""
+        kind = self.faults.failed(batch.batch_id, err, during_step)
         message = f"{type(err).__name__}: {err}"
         self.errors.record(self.name, err)
         try:
             with self.db.session_factory.begin() as s:
-                fail_batch(s, batch, message)
-        except Exception as db_err:
+                if kind == "data":
+                    fail_batch(s, batch, message, retry=False)
+                else:
+                    return_batch(s, batch, message)
+        except (StaleClaim, BatchStateError) as lost_claim:  # no longer ours: whoever holds it trains it
+            self.errors.record(self.name, lost_claim)
+        except Exception as db_err:  # still claimed by us: train it again ourselves after the back-off
             self.errors.record(self.name, db_err)
-        self.status = replace(self.status, state="waiting", last_error=message, batch_id=None)
+            self._held = batch
+        failures = self.faults.consecutive
+        self._retry_at = time.monotonic() + self.faults.delay_s
+        reason = pause_reason(failures, err) if self.faults.should_pause else None
+        self.status = replace(
+            self.status,
+            state="paused" if reason else "waiting",
+            last_error=public_text(err),
+            batch_id=None,
+            consecutive_failures=failures,
+            paused_reason=reason or self.status.paused_reason,
+        )
+        if reason is not None:
+            self.paused.set()
+            log.error("training paused: %s", reason)
+        log.warning("%s fault on batch %d (%s); next try in %.1f s", kind, batch.batch_id, message, self.faults.delay_s)
 
-    def restore_published(self) -> None:
-        """Weights (policy and value head) back to the last published version. The optimizer's moments may have
-        moved with the failed step, so they are reset (Adam starts its averages afresh)."""
-        version, state = self.publisher.latest()
-        self.model.load_state_dict(state)
-        self.trainer.optimizer.state.clear()
-        log.warning("weights restored to version %d after a failed step; optimizer moments reset", version)
+    def _take_resume(self) -> None:
+        """An admin resumed (`resume()`, or cleared `paused` directly): forget the failures and their reason."""
+        cleared = not self.paused.is_set() and self.status.paused_reason is not None
+        if self._resume.is_set() or cleared:
+            self._resume.clear()
+            self.faults.reset()
+            self._retry_at = 0.0
+            self.status = replace(self.status, paused_reason=None, consecutive_failures=0)
+
+    def _save(self, version: int) -> Path:
+        state = TrainerState(version, float(self.trainer.kl_ctl.value), self.trainer.current_step, self.settings.model)
+        return save_checkpoint(self.settings.checkpoint_dir, self.trainer, state)
+
+    def _prune(self) -> None:
+        try:
+            prune_checkpoints(self.db, self.settings.checkpoint_dir, self.settings.keep_checkpoints)
+        except Exception as err:  # the new checkpoint is safe; old ones stay until the next prune
+            self.errors.record(self.name, err)
 
     def checkpoint(self) -> Path:
+        """Save and record the current version (its step is already recorded): shutdown and admin requests."""
         version = self.status.version
-        state = TrainerState(version, float(self.trainer.kl_ctl.value), self.trainer.current_step, self.settings.model)
-        folder = save_checkpoint(
-            self.settings.checkpoint_dir, self.model, self.trainer.tokenizer, self.trainer.optimizer, state
-        )
-        record(self.db, version, folder)
+        folder = self._save(version)
+        try:
+            record(self.db, version, folder)
+        except BaseException:
+            remove_folder(folder)
+            raise
         self.status = replace(self.status, checkpoint_version=version)
+        self._prune()
         return folder
 
     def serve_requests(self) -> None:
@@ -259,6 +361,12 @@ class TrainerWorker(Worker):
                 future.set_exception(err)
 
     # -------------------------------------------------------------------------------------- from outside
+    def resume(self) -> None:
+        """Resume training (an admin): clears a pause, the failure count and the pause reason; retries at once."""
+        self._resume.set()
+        self.paused.clear()
+        self.wake.set()
+
     def request_checkpoint(self, timeout: float = CHECKPOINT_TIMEOUT_S) -> Path:
         """Ask the trainer thread (the optimizer's owner) to save a checkpoint between steps, and wait."""
         if not self.alive:

@@ -13,9 +13,13 @@ On SQLite, write transactions also start with BEGIN IMMEDIATE (engine.py), so th
 claimers queue on the database's single write lock.
 
 Lifecycle: ``claimed -> trained`` (finish_batch) or ``claimed -> pending`` (fail_batch with attempts left,
-or its claim expired: crash recovery) or ``claimed -> failed`` (out of attempts). A pending batch is
-re-claimed, with the same samples and frozen scores, before any new batch is formed. A failed batch keeps
-its samples, so they are never trained; its error is kept for inspection.
+return_batch after an infrastructure fault, or its claim expired: crash recovery) or ``claimed -> failed``
+(out of attempts, or bad data). A pending batch is re-claimed, with the same samples and frozen scores, before
+any new batch is formed. A failed batch keeps its samples, so they are never trained, until an admin requeues it
+(``requeue_failed_batch``); its error is kept for inspection. ``trained -> pending`` is start-up recovery of steps
+whose weights a crash lost (history.retire_steps_after). A pending batch of another size than the trainer's
+(the batch size changed across a restart) is ``released``: its samples go back to the open pool, where their
+scores are frozen again from the same ratings into batches of the new size.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from storage.schema import (
     BATCH_CLAIMED,
     BATCH_FAILED,
     BATCH_PENDING,
+    BATCH_RELEASED,
     BATCH_TRAINED,
+    LostStep,
     Prompt,
     Rating,
     Sample,
@@ -74,7 +80,8 @@ def claim_next_batch(
 ) -> ClaimedBatch | None:
     """Atomically take a batch of exactly ``size`` scored samples for training, or None.
 
-    A pending batch of that size (released by crash recovery or a failed attempt) is taken first.
+    A pending batch (released by crash recovery or a failed attempt) is taken first; one of another size is
+    released to the open pool instead (the batch size changed across a restart).
     Otherwise ``size`` open samples with a usable score (scoring.py) that no rater is looking at, newest
     policy version first; their training scores are frozen into the batch. With ``min_policy_version``,
     open samples from older policies are marked stale first: never trained, ratings kept and exported.
@@ -134,6 +141,28 @@ def fail_batch(
     return batch_record(_load(s, row.id))
 
 
+def return_batch(s: Session, batch: ClaimedBatch | int, error: str) -> BatchRecord:
+    """Put a claimed batch back to pending whatever its attempts: the fault was the trainer's (a full disk, out
+    of memory, a database error), not the batch's, so it must never cost the batch its training."""
+    if not isinstance(error, str):
+        raise InvalidInput(f"error must be text, got {type(error).__name__}")
+    row = _claimed_row(s, batch)
+    _transition(s, row, BATCH_PENDING, error=error[:MAX_ERROR_CHARS] or "returned", claim_token=None)
+    return batch_record(_load(s, row.id))
+
+
+def requeue_failed_batch(s: Session, batch_id: int) -> BatchRecord:
+    """An admin's second chance for a batch that failed for good: back to pending with fresh attempts, its samples
+    and frozen scores unchanged. ``BatchStateError`` for a batch that is not failed or holds no samples."""
+    row = _load(s, batch_id)
+    if row.status != BATCH_FAILED:
+        raise BatchStateError(f"batch {row.id} is {row.status!r}, not failed")
+    if not s.scalar(select(func.count()).select_from(Sample).where(Sample.batch_id == row.id)):
+        raise BatchStateError(f"batch {row.id} holds no samples")
+    _transition(s, row, BATCH_PENDING, attempts=0, finished_at=None, claim_token=None)
+    return batch_record(_load(s, row.id))
+
+
 def release_expired_claims(s: Session, max_age_seconds: float, *, now: datetime | None = None) -> list[int]:
     """Put batches claimed more than ``max_age_seconds`` ago (a crashed or hung trainer) back to pending,
     or to failed when they are out of attempts. Returns the ids released."""
@@ -156,8 +185,15 @@ def release_expired_claims(s: Session, max_age_seconds: float, *, now: datetime 
 
 
 def release_all_claims(s: Session) -> list[int]:
-    """Start-up recovery for the only trainer of a database: every claim left is from a dead process."""
-    return release_expired_claims(s, 0.0)
+    """Start-up recovery for the only trainer of a database: every claim left is from a dead process. The
+    batches go back to pending whatever their attempts (a crash is not the batch's fault)."""
+    rows = s.scalars(select(TrainingBatch).where(TrainingBatch.status == BATCH_CLAIMED).order_by(TrainingBatch.id))
+    released: list[int] = []
+    for row in rows.all():
+        note = f"claim by {row.claimed_by!r} left by a process that stopped (attempt {row.attempts})"
+        if _try_transition(s, row, BATCH_PENDING, error=note, claim_token=None, finished_at=None):
+            released.append(row.id)
+    return released
 
 
 def mark_stale(s: Session, min_policy_version: int) -> int:
@@ -185,14 +221,17 @@ def list_batches(s: Session, *, status: str | None = None, limit: int = 100) -> 
 
 def _reclaim_pending(s: Session, size: int, claimer: str, min_policy_version: int | None, now: datetime) -> int | None:
     pending = s.scalars(
-        select(TrainingBatch)
-        .where(TrainingBatch.status == BATCH_PENDING, TrainingBatch.size == size)
-        .order_by(TrainingBatch.id)
-        .limit(_CLAIM_TRIES)
+        select(TrainingBatch).where(TrainingBatch.status == BATCH_PENDING).order_by(TrainingBatch.id)
     ).all()
     for row in pending:
+        if row.size != size:
+            _release_to_pool(s, row, size, now)
+            continue
         oldest = s.scalar(select(func.min(Sample.policy_version)).where(Sample.batch_id == row.id))
-        if min_policy_version is not None and oldest is not None and oldest < min_policy_version:
+        # A batch whose step a crash lost (start-up recovery) is never stale: its behaviour log-probs correct it.
+        recovered = s.scalar(select(LostStep.id).where(LostStep.batch_id == row.id).limit(1)) is not None
+        too_old = min_policy_version is not None and oldest is not None and oldest < min_policy_version
+        if too_old and not recovered:
             note = f"stale: holds policy version {oldest} < min_policy_version {min_policy_version}"
             _try_transition(s, row, BATCH_FAILED, error=note, finished_at=now)
             continue
@@ -201,6 +240,19 @@ def _reclaim_pending(s: Session, size: int, claimer: str, min_policy_version: in
         if _try_transition(s, row, BATCH_CLAIMED, **values):
             return row.id
     return None
+
+
+def _release_to_pool(s: Session, row: TrainingBatch, size: int, now: datetime) -> None:
+    """Dissolve a pending batch of another size: its samples go back to the open pool (their ratings decide
+    their scores again at the next claim) and the empty batch is marked released."""
+    note = f"released: {row.size} samples back to the open pool for batches of {size}"
+    if _try_transition(s, row, BATCH_RELEASED, error=note, finished_at=now):
+        s.execute(
+            update(Sample)
+            .where(Sample.batch_id == row.id)
+            .values(batch_id=None, train_score=None, lease_rater_id=None, lease_expires_at=None)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _claim_new(

@@ -5,13 +5,14 @@ from __future__ import annotations
 from storage.records import (
     BatchRecord,
     CheckpointRecord,
+    LostStepRecord,
     PromptRecord,
     RaterRecord,
     RatingRecord,
     SampleRecord,
     StepRecord,
 )
-from storage.schema import Checkpoint, Prompt, Rater, Rating, Sample, TrainingBatch, TrainingStep
+from storage.schema import Checkpoint, LostStep, Prompt, Rater, Rating, Sample, TrainingBatch, TrainingStep
 
 
 def rater_record(rater: Rater) -> RaterRecord:
@@ -92,3 +93,14 @@ def step_record(step: TrainingStep, batch_size: int, score_mean: float | None) -
 
 def checkpoint_record(checkpoint: Checkpoint) -> CheckpointRecord:
     return CheckpointRecord(version=checkpoint.version, folder=checkpoint.folder, created_at=checkpoint.created_at)
+
+
+def lost_step_record(step: LostStep) -> LostStepRecord:
+    return LostStepRecord(
+        id=step.id,
+        batch_id=step.batch_id,
+        policy_version=step.policy_version,
+        stats=dict(step.stats),
+        created_at=step.created_at,
+        lost_at=step.lost_at,
+    )

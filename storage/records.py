@@ -202,7 +202,7 @@ class ClaimedBatch:
 class BatchRecord:
     id: int
     status: str
-    """"pending" | "claimed" | "trained" | "failed"."""
+    """"pending" | "claimed" | "trained" | "failed" | "released" (dissolved: batch size changed)."""
     size: int
     claimed_by: str | None
     claimed_at: datetime | None
@@ -226,6 +226,20 @@ class StepRecord:
     batch_size: int
     score_mean: float | None
     """Mean frozen training score of the batch: the reward curve."""
+
+
+@dataclass(frozen=True)
+class LostStepRecord:
+    """A step whose weights a crash lost: its batch went back to training, its version number is retired."""
+
+    id: int
+    batch_id: int
+    policy_version: int
+    stats: Mapping[str, float]
+    created_at: datetime
+    """When the step was trained."""
+    lost_at: datetime
+    """When start-up recovery found it lost."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ BATCH_PENDING: Final = "pending"
 BATCH_CLAIMED: Final = "claimed"
 BATCH_TRAINED: Final = "trained"
 BATCH_FAILED: Final = "failed"
+BATCH_RELEASED: Final = "released"
+"""A pending batch dissolved because the batch size changed: its samples went back to the open pool."""
 
 # Named constraints, so Alembic's batch mode can alter SQLite tables.
 NAMING_CONVENTION: Final = {

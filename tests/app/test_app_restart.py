@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import select
+
 from app.checkpoints import STATE_FILE
 from app.service import FeedbackService
 from storage.batches import claim_next_batch
 from storage.engine import open_database
+from storage.history import list_lost_steps, training_history
 from storage.raters import get_or_create_rater
 from storage.ratings import record_rating
+from storage.schema import Sample, TrainingBatch
 from tests.app.app_helpers import batches, generate, open_samples, rate_next, same_weights, weights
 from tests.app.conftest import wait_until
 
@@ -52,20 +56,36 @@ def test_a_restart_resumes_version_weights_and_requeues_a_claimed_batch(
     assert second.history()[-1].version == 2 and second.history()[-1].mean_score == -1.0
 
 
-def test_after_a_crash_without_checkpoint_the_version_number_moves_past_lost_steps(
+def test_after_a_crash_the_lost_steps_are_trained_again_under_new_version_numbers(
     make_service: Callable[..., FeedbackService],
 ) -> None:
+    """kill -9 after two steps and no checkpoint: the weights of versions 1 and 2 are gone, their ratings are not."""
     crashed = make_service()
     initial = weights(crashed)
     alice = crashed.login("alice")
     generate(crashed, 4)
+    rated = []
     for _ in range(2):  # two steps, driven by hand: no thread, so no shutdown checkpoint either
-        rate_next(crashed, alice.id, 2)
+        rated += [a.sample_id for a in rate_next(crashed, alice.id, 2)]
         assert crashed.trainer.tick()
         crashed.generator.tick()
     assert crashed.publisher.version == 2
+    lost_batches = [b.id for b in reversed(batches(crashed))]
     assert not Path(crashed.settings.checkpoint_dir).exists()
 
-    restarted = make_service()
+    restarted = make_service(max_staleness=10)  # bob's batch below stays trainable whatever its version
     assert restarted.publisher.version == 3  # the initial weights under a fresh number, never "version 1" again
     assert same_weights(initial, weights(restarted))
+    restarted.trainer.recover()  # what the trainer thread does first (app.recovery.recover_training)
+    assert [(b.id, b.status) for b in reversed(batches(restarted))] == [(b, "pending") for b in lost_batches]
+    generate(restarted, 2)
+    rate_next(restarted, restarted.login("bob").id, 2)  # a new full batch is waiting too: the lost ones go first
+    for version in (4, 5, 6):
+        assert restarted.trainer.tick() and restarted.publisher.version == version
+    with restarted.db.read_session_factory.begin() as s:
+        steps = training_history(s)
+        lost = list_lost_steps(s)
+        trained = set(s.scalars(select(Sample.id).join(TrainingBatch).where(TrainingBatch.status == "trained")))
+    assert [(x.batch_id, x.policy_version) for x in steps][:2] == [(lost_batches[0], 4), (lost_batches[1], 5)]
+    assert [(x.batch_id, x.policy_version) for x in lost] == [(lost_batches[0], 1), (lost_batches[1], 2)]
+    assert set(rated) <= trained  # every rating of before the crash is in the weights of version 6
