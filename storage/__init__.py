@@ -21,6 +21,7 @@ from storage.batches import (
 from storage.dashboard import counts
 from storage.engine import Database, create_storage_engine, database_url, open_database
 from storage.errors import (
+    AlreadyRated,
     BatchStateError,
     InvalidInput,
     InvalidPrompt,
@@ -45,6 +46,7 @@ from storage.prompts import (
     count_prompts,
     prompts_for_generation,
 )
+from storage.quarantine import count_quarantined, quarantine_reasons, quarantine_sample
 from storage.raters import (
     get_or_create_model_rater,
     get_or_create_rater,
@@ -81,6 +83,7 @@ from storage.samples import (
     count_unrated_unleased,
     get_sample,
     next_sample_for_rater,
+    offer_sample,
     samples_needing_auto_score,
     skip_sample,
 )
@@ -91,6 +94,7 @@ __all__ = [
     "DEFAULT_SCORE_RANGE",
     "HUMAN_SOURCE",
     "SCHEMA_VERSION",
+    "AlreadyRated",
     "BatchRecord",
     "BatchSample",
     "BatchStateError",
@@ -127,6 +131,7 @@ __all__ = [
     "add_samples",
     "claim_next_batch",
     "count_prompts",
+    "count_quarantined",
     "count_unrated_unleased",
     "counts",
     "create_storage_engine",
@@ -147,9 +152,12 @@ __all__ = [
     "list_raters",
     "mark_stale",
     "next_sample_for_rater",
+    "offer_sample",
     "open_database",
     "pairwise_dataset",
     "prompts_for_generation",
+    "quarantine_reasons",
+    "quarantine_sample",
     "rater_progress",
     "ratings_for_sample",
     "recent_ratings",

@@ -50,6 +50,11 @@ class RatingLocked(InvalidInput):
     be changed or undone any more."""
 
 
+class AlreadyRated(InvalidInput):
+    """A different score for a sample this rater has already rated, with ``record_rating(..., replace=False)``:
+    e.g. the same rater in a second browser tab. Its message carries no ids or values, so a UI may show it."""
+
+
 class BatchStateError(InvalidInput):
     """The batch is not in the state the operation needs (e.g. finishing a batch that is not claimed)."""
 

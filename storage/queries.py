@@ -9,7 +9,7 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, CursorResult, Result, and_, exists, false, or_, select
 
 from storage.errors import InvalidInput
-from storage.schema import Rating, Sample, Skip, utcnow
+from storage.schema import Rating, Sample, ScoreQuarantine, Skip, utcnow
 
 
 def rowcount(result: Result[Any]) -> int:
@@ -43,6 +43,12 @@ def rated_by(rater_id: int | ColumnElement[int]) -> ColumnElement[bool]:
 
 def skipped_by(rater_id: int | ColumnElement[int]) -> ColumnElement[bool]:
     return exists(select(Skip.sample_id).where(Skip.sample_id == Sample.id, Skip.rater_id == rater_id))
+
+
+def quarantined_for(source: str) -> ColumnElement[bool]:
+    """The reward model ``source`` raised or hung on this sample (storage.quarantine)."""
+    match = and_(ScoreQuarantine.sample_id == Sample.id, ScoreQuarantine.source == source)
+    return exists(select(ScoreQuarantine.sample_id).where(match))
 
 
 def lease_free(

@@ -16,7 +16,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from storage.conversions import rating_record
-from storage.errors import InvalidInput, RatingLocked, UnknownSample
+from storage.errors import AlreadyRated, InvalidInput, RatingLocked, UnknownSample
 from storage.queries import check_seconds, is_open, rated_by, resolve_now, skipped_by
 from storage.raters import expected_source, load_rater
 from storage.records import RaterProgress, RatingRecord, RecentRating
@@ -35,6 +35,8 @@ from storage.schema import (
 )
 from storage.validation import DEFAULT_SCORE_RANGE, check_id, check_int, check_score
 
+ALREADY_RATED_MESSAGE = "You have already rated this response (in another tab?); use Undo to change your score."
+
 
 def record_rating(
     s: Session,
@@ -44,13 +46,17 @@ def record_rating(
     *,
     source: str = HUMAN_SOURCE,
     score_range: tuple[float, float] = DEFAULT_SCORE_RANGE,
+    replace: bool = True,
 ) -> RatingRecord:
     """Store ``rater_id``'s score for ``sample_id`` (or update it, keeping history); ends their lease on it.
 
     ``source`` is "human" for people and the reward model's name (e.g. "vader") for a model rater named
-    ``reward:<name>``. Raises (writing nothing) ``InvalidScore`` for a non-number, non-finite or
-    out-of-range score, ``UnknownSample``/``UnknownRater`` for bad ids, ``InvalidInput`` for a source that
-    does not match the rater, ``RatingLocked`` for a change to a rating whose sample is in a batch.
+    ``reward:<name>``. With ``replace=False`` a *different* score for a sample this rater already rated is
+    refused with ``AlreadyRated`` (the same rater in two browser tabs showing the same sample must not
+    overwrite their first rating); the same score again stays a no-op (a double click). Raises (writing
+    nothing) ``InvalidScore`` for a non-number, non-finite or out-of-range score, ``UnknownSample``/
+    ``UnknownRater`` for bad ids, ``InvalidInput`` for a source that does not match the rater,
+    ``RatingLocked`` for a change to a rating whose sample is in a batch.
     """
     value = check_score(score, score_range)
     rater = load_rater(s, rater_id)
@@ -68,6 +74,8 @@ def record_rating(
         s.add(rating)
         _bump_counter(s, sample.id, source, +1)
     elif rating.score != value:
+        if not replace:
+            raise AlreadyRated(ALREADY_RATED_MESSAGE)
         if sample.batch_id is not None:
             raise RatingLocked(f"sample {sample.id} is already in training batch {sample.batch_id}")
         s.add(_history(rating, "update", value, now))

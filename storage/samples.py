@@ -21,6 +21,7 @@ from storage.queries import (
     check_seconds,
     is_open,
     lease_free,
+    quarantined_for,
     rated_by,
     resolve_now,
     rowcount,
@@ -59,15 +60,22 @@ _QUEUE = (
     .order_by(Sample.policy_version.desc(), Sample.human_n, Sample.id.desc())
     .limit(_CANDIDATES)
 )
-_RENEW_LEASE = (
+_RENEW_LEASE = (  # only while it is still ours: between the read and this write the lease may have expired and
+    # been taken (PostgreSQL's READ COMMITTED), and a renewal must never hand a sample back to a second rater
     update(Sample)
-    .where(Sample.id == _SAMPLE)
+    .where(Sample.id == _SAMPLE, Sample.lease_rater_id == _RATER)
     .values(lease_expires_at=_UNTIL)
     .execution_options(synchronize_session=False)
 )
 _TAKE_LEASE = (  # compare-and-set: lease the sample only if it is still open and free
     update(Sample)
     .where(Sample.id == _SAMPLE, is_open(), lease_free(_NOW, _RATER))
+    .values(lease_rater_id=_RATER, lease_expires_at=_UNTIL)
+    .execution_options(synchronize_session=False)
+)
+_OFFER = (  # compare-and-set: lease one given sample to the rater if it is open, free (or theirs) and still new to them
+    update(Sample)
+    .where(Sample.id == _SAMPLE, is_open(), lease_free(_NOW, _RATER), ~rated_by(_RATER), ~skipped_by(_RATER))
     .values(lease_rater_id=_RATER, lease_expires_at=_UNTIL)
     .execution_options(synchronize_session=False)
 )
@@ -142,8 +150,7 @@ def next_sample_for_rater(
     until = now + timedelta(seconds=lease)
     params = {"q_rater": rater.id, "q_now": now, "q_until": until}
     held = s.execute(_HELD_LEASE, params).scalar()
-    if held is not None:
-        s.execute(_RENEW_LEASE, {**params, "q_sample": held})
+    if held is not None and rowcount(s.execute(_RENEW_LEASE, {**params, "q_sample": held})) == 1:
         return _record(s, held)
     for _ in range(3):
         candidates = s.scalars(_QUEUE, params).all()
@@ -153,6 +160,33 @@ def next_sample_for_rater(
         if len(candidates) < _CANDIDATES:
             break
     return None
+
+
+def offer_sample(
+    s: Session,
+    rater_id: int,
+    sample_id: int,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    now: datetime | None = None,
+) -> SampleRecord | None:
+    """``sample_id`` leased to this rater (lease taken or renewed), or None when it cannot be theirs now.
+
+    None when someone else holds an unexpired lease on it, it is in a batch or stale, or the rater has rated or
+    skipped it. The app offers the sample an undo gave back this way, and falls back to
+    ``next_sample_for_rater`` on None: checking only "is it leased" would show a sample leased to *another*
+    rater. Like any new lease, it ends the rater's other leases (a rater holds at most one). Raises
+    ``UnknownRater``/``UnknownSample`` for bad ids.
+    """
+    rater = load_rater(s, rater_id)
+    sample = load_sample(s, sample_id)
+    lease = check_seconds(lease_seconds, "lease_seconds")
+    now = resolve_now(now)
+    params = {"q_sample": sample.id, "q_rater": rater.id, "q_now": now, "q_until": now + timedelta(seconds=lease)}
+    if rowcount(s.execute(_OFFER, params)) != 1:
+        return None
+    release_other_leases(s, rater.id, keep=sample.id)
+    return _record(s, sample.id)
 
 
 def skip_sample(s: Session, rater_id: int, sample_id: int) -> None:
@@ -180,11 +214,19 @@ def count_unrated_unleased(s: Session, *, now: datetime | None = None, min_polic
 
 
 def samples_needing_auto_score(s: Session, source: str, limit: int = 64) -> list[SampleRecord]:
-    """Open samples the reward model ``source`` has not scored yet, fewest automatic scores first."""
+    """Open samples the reward model ``source`` has not scored yet, fewest automatic scores first.
+
+    Samples quarantined for ``source`` (it raised or hung on them: ``storage.quarantine``) are left out, so one
+    bad sample cannot stall automatic scoring; people can still rate them.
+    """
     source = check_model_source(source)
     limit = check_int(limit, "limit", minimum=1)
     model_id = s.scalar(select(Rater.id).where(Rater.name == MODEL_RATER_PREFIX + source))
-    stmt = select(Sample, Prompt.text).join(Prompt, Prompt.id == Sample.prompt_id).where(is_open())
+    stmt = (
+        select(Sample, Prompt.text)
+        .join(Prompt, Prompt.id == Sample.prompt_id)
+        .where(is_open(), ~quarantined_for(source))
+    )
     if model_id is not None:
         stmt = stmt.where(~rated_by(model_id))
     stmt = stmt.order_by(Sample.auto_n, Sample.id.desc()).limit(limit)

@@ -19,6 +19,7 @@ MAX_PROMPT_CHARS = 20_000
 MAX_RESPONSE_CHARS = 100_000
 MAX_NAME_CHARS = 200
 MAX_SOURCE_CHARS = 190  # fits the rater name reward:<source> in 200
+MAX_SQL_INT = 2**63 - 1  # the largest integer SQLite (and PostgreSQL's BIGINT) stores; beyond it drivers overflow
 
 
 def is_real(value: object) -> bool:
@@ -26,10 +27,23 @@ def is_real(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
+def finite_float(value: object) -> float | None:
+    """``value`` as a finite float; None for a non-number, a bool, NaN, an infinity, or a number too large for a
+    float (``float(10**400)`` raises OverflowError, which is no ValueError)."""
+    if not is_real(value):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (OverflowError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def check_score_range(score_range: tuple[float, float]) -> tuple[float, float]:
-    if len(score_range) != 2 or not all(is_real(v) and math.isfinite(float(v)) for v in score_range):
+    bounds = [finite_float(v) for v in score_range] if isinstance(score_range, tuple | list) else []
+    if len(bounds) != 2 or bounds[0] is None or bounds[1] is None:
         raise InvalidScore(f"score_range must be two finite numbers, got {score_range!r}")
-    lo, hi = float(score_range[0]), float(score_range[1])
+    lo, hi = bounds[0], bounds[1]
     if lo >= hi:
         raise InvalidScore(f"score_range must have low < high, got {score_range!r}")
     return lo, hi
@@ -40,25 +54,25 @@ def check_score(score: object, score_range: tuple[float, float]) -> float:
     lo, hi = check_score_range(score_range)
     if not is_real(score):
         raise InvalidScore(f"score must be a number, got {type(score).__name__} {score!r}")
-    value = float(score)  # type: ignore[arg-type]
-    if not math.isfinite(value):
-        raise InvalidScore(f"score must be finite, got {value!r}")
+    value = finite_float(score)
+    if value is None:
+        raise InvalidScore(f"score must be a finite number, got {_short(score)}")
     if not lo <= value <= hi:
         raise InvalidScore(f"score {value!r} is outside the configured range [{lo}, {hi}]")
     return value
 
 
 def check_int(value: object, what: str, error: type[InvalidInput] = InvalidInput, *, minimum: int = 0) -> int:
-    """An int (not bool) >= ``minimum``: counts, limits, versions."""
-    if not isinstance(value, Integral) or isinstance(value, bool) or int(value) < minimum:
-        raise error(f"{what} must be an int >= {minimum}, got {value!r}")
+    """An int (not bool) >= ``minimum`` (and at most ``MAX_SQL_INT``): counts, limits, versions."""
+    if not isinstance(value, Integral) or isinstance(value, bool) or not minimum <= int(value) <= MAX_SQL_INT:
+        raise error(f"{what} must be an int >= {minimum}, got {_short(value)}")
     return int(value)
 
 
 def check_id(value: object, what: str, error: type[InvalidInput] = InvalidInput) -> int:
-    """A database id: an int (not bool), positive."""
-    if not isinstance(value, Integral) or isinstance(value, bool) or int(value) < 1:
-        raise error(f"{what} must be a positive integer id, got {value!r}")
+    """A database id: an int (not bool), positive, at most ``MAX_SQL_INT``."""
+    if not isinstance(value, Integral) or isinstance(value, bool) or not 1 <= int(value) <= MAX_SQL_INT:
+        raise error(f"{what} must be a positive integer id, got {_short(value)}")
     return int(value)
 
 
@@ -80,9 +94,10 @@ def check_float_list(values: object, what: str, error: type[InvalidInput]) -> li
         raise error(f"{what} must be a sequence of floats, got {type(values).__name__}")
     out: list[float] = []
     for i, v in enumerate(values):
-        if not is_real(v) or not math.isfinite(float(v)):
-            raise error(f"{what}[{i}] must be a finite number, got {v!r}")
-        out.append(float(v))
+        number = finite_float(v)
+        if number is None:
+            raise error(f"{what}[{i}] must be a finite number, got {_short(v)}")
+        out.append(number)
     return out
 
 
@@ -106,11 +121,12 @@ def check_number_dict(
     for key, v in value.items():
         if not isinstance(key, str):
             raise error(f"{what} keys must be str, got {key!r}")
-        if not is_real(v) or not math.isfinite(float(v)):
-            raise error(f"{what}[{key!r}] must be a finite number, got {v!r}")
-        if non_negative and float(v) < 0:
+        number = finite_float(v)
+        if number is None:
+            raise error(f"{what}[{key!r}] must be a finite number, got {_short(v)}")
+        if non_negative and number < 0:
             raise error(f"{what}[{key!r}] must be >= 0, got {v!r}")
-        out[key] = float(v)
+        out[key] = number
     return out
 
 
@@ -123,3 +139,9 @@ def check_text(value: object, what: str, error: type[InvalidInput], *, max_chars
     if len(value) > max_chars:
         raise error(f"{what} is {len(value)} characters long; the limit is {max_chars}")
     return value
+
+
+def _short(value: object) -> str:
+    """A value for an error message, cut short (the repr of a 400-digit number is not worth reading)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."

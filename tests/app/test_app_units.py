@@ -1,4 +1,4 @@
-"""Small pieces: the weight publisher, state copies, settings checks, reward source names, the worker loop."""
+"""Small pieces: the weight publisher, state copies, settings checks, the worker loop."""
 
 from __future__ import annotations
 
@@ -13,10 +13,8 @@ import torch
 from torch import nn
 
 from app.policy import PolicyPublisher, copy_state
-from app.reward_worker import RewardControl, clip_scores, source_name
 from app.settings import AppSettings
 from app.worker import ErrorLog, Worker
-from storage.validation import MAX_SOURCE_CHARS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,24 +73,6 @@ def test_copy_state_is_detached_and_keeps_tied_weights_as_one_copy() -> None:
 def test_settings_are_validated(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AppSettings(**kwargs)  # type: ignore[arg-type]
-
-
-def test_reward_sources() -> None:
-    control = RewardControl("human")
-    assert control.current().reward is None and not control.use_auto_scores()
-    assert control.set("length:4").source == "length:4" and control.use_auto_scores()
-    with pytest.raises(ValueError):
-        control.set("not-a-reward")
-    assert control.current().source == "length:4"  # a failed switch keeps the current source
-
-    class Long:
-        name = "x" * 300
-
-    name = source_name(Long())  # type: ignore[arg-type]
-    assert len(name) <= MAX_SOURCE_CHARS and name == source_name(Long())  # type: ignore[arg-type]
-    assert clip_scores([2.0, -0.5, -3.0], 3, "r") == [1.0, -0.5, -1.0]
-    with pytest.raises(ValueError):
-        clip_scores([float("nan")], 1, "r")
 
 
 def test_a_worker_records_errors_keeps_going_and_stops_on_its_event() -> None:
