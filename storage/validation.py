@@ -19,7 +19,8 @@ MAX_PROMPT_CHARS = 20_000
 MAX_RESPONSE_CHARS = 100_000
 MAX_NAME_CHARS = 200
 MAX_SOURCE_CHARS = 190  # fits the rater name reward:<source> in 200
-MAX_SQL_INT = 2**63 - 1  # the largest integer SQLite (and PostgreSQL's BIGINT) stores; beyond it drivers overflow
+MAX_SQL_INT = 2**31 - 1  # the largest value of SQL's INTEGER on every backend (4 bytes on PostgreSQL, where ids
+# and versions are INTEGER; SQLite's is 8): beyond it the database or its driver fails with an overflow error
 
 
 def is_real(value: object) -> bool:

@@ -192,6 +192,8 @@ class Ledger:
 
 @pytest.mark.slow
 def test_raters_and_tabs_hammering_next_rate_undo_skip_keep_leases_and_ratings(db: Database) -> None:
+    if db.engine.dialect.name != "sqlite":  # the ledger below follows commit order only under one writer at a time
+        pytest.skip("checks inside each transaction rely on SQLite's single writer (BEGIN IMMEDIATE)")
     seed(db, prompts=2, samples_per_prompt=4)  # few samples: raters keep taking what others just rated
     ledger = Ledger()
     tabs = [

@@ -216,5 +216,7 @@ def test_numbers_beyond_what_a_float_or_the_database_holds_are_refused() -> None
         check_score(10**400, (-1, 1))  # was an OverflowError from float()
     with pytest.raises(UnknownSample):
         check_id(2**63, "sample_id", UnknownSample)  # was an OverflowError from the SQLite driver
+    with pytest.raises(UnknownSample):
+        check_id(2**31, "sample_id", UnknownSample)  # out of range for PostgreSQL's INTEGER
     with pytest.raises(InvalidInput):
         check_int(2**63, "limit")
