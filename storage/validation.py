@@ -132,13 +132,20 @@ def check_number_dict(
 
 
 def check_text(value: object, what: str, error: type[InvalidInput], *, max_chars: int) -> str:
-    """Non-empty (after stripping) text of at most ``max_chars`` characters; returned unchanged."""
+    """Non-empty (after stripping) text of at most ``max_chars`` characters that every backend can store (no NUL
+    character, which PostgreSQL's text refuses; no lone surrogate, which is not UTF-8); returned unchanged."""
     if not isinstance(value, str):
-        raise error(f"{what} must be text, got {type(value).__name__} {value!r}")
+        raise error(f"{what} must be text, got {type(value).__name__} {_short(value)}")
     if not value.strip():
         raise error(f"{what} must not be empty")
     if len(value) > max_chars:
         raise error(f"{what} is {len(value)} characters long; the limit is {max_chars}")
+    if "\x00" in value:
+        raise error(f"{what} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise error(f"{what} is not valid Unicode text (a lone surrogate at {err.start})") from None
     return value
 
 

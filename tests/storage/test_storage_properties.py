@@ -52,7 +52,8 @@ anything = st.one_of(
 )
 texts = st.one_of(
     st.text(),
-    st.sampled_from(["", " \t\n", "human", " human ", "vader", " reward:x ", "reward:"]),
+    st.sampled_from(["", " \t\n", "human", " human ", "vader", " reward:x ", "reward:", "a\x00b", "a\ud800b"]),
+    st.text(st.characters(codec=None, exclude_categories=[]), max_size=8),  # NUL, lone surrogates
     st.text(min_size=185, max_size=260),
     anything,
 )
@@ -117,7 +118,7 @@ def test_counts_are_ints_at_least_the_minimum_or_invalid_input(value: object, mi
 def test_texts_are_returned_unchanged_when_non_blank_and_short_enough(value: object, limit: int) -> None:
     got = _one_of(InvalidPrompt, check_text, value, "prompt", InvalidPrompt, max_chars=limit)
     if got is not None:
-        assert got is value and isinstance(got, str) and got.strip() and len(got) <= limit
+        assert got is value and isinstance(got, str) and got.strip() and len(got) <= limit and "\x00" not in got
 
 
 @given(texts)
@@ -220,3 +221,11 @@ def test_numbers_beyond_what_a_float_or_the_database_holds_are_refused() -> None
         check_id(2**31, "sample_id", UnknownSample)  # out of range for PostgreSQL's INTEGER
     with pytest.raises(InvalidInput):
         check_int(2**63, "limit")
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "a\ud800b"])
+def test_text_no_backend_can_store_is_refused(db: Database, text: str) -> None:
+    with pytest.raises(InvalidPrompt):  # was psycopg's DataError on PostgreSQL, UnicodeEncodeError on SQLite
+        _refused_writes_nothing(db, (), _add_prompts, [text])
+    with pytest.raises(InvalidInput):
+        _refused_writes_nothing(db, (), storage.get_or_create_rater, text, "rater")
