@@ -91,6 +91,9 @@ def ppo_config(settings: AppSettings, runtime: Runtime) -> PPOConfig:
         ppo_epochs=settings.ppo_epochs,
         init_kl_coef=settings.init_kl_coef,
         accelerator_kwargs=accelerator_kwargs,
+        # The trainer thread snapshots the whole state before each step and restores it on any failure
+        # (ppo_core.trainer_state), so ppo_core's own weights-only copy for a NaN would be a second copy per step.
+        rollback_nonfinite=False,
     )
 
 

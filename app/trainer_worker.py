@@ -42,7 +42,7 @@ from app.step_faults import FailureTracker, pause_reason
 from app.worker import ErrorLog, Worker
 from ppo_core import PPOTrainer
 from ppo_core.stats import scalar_stats
-from ppo_core.trainer_state import capture_state
+from ppo_core.trainer_state import TrainerSnapshot
 from storage.batches import claim_next_batch, fail_batch, finish_batch, return_batch
 from storage.engine import Database
 from storage.errors import BatchStateError, StaleClaim
@@ -148,6 +148,7 @@ class TrainerWorker(Worker):
         self._held: ClaimedBatch | None = None
         """A batch still claimed by us that could not be handed back (the database failed too): retried first."""
         self._resume = threading.Event()
+        self._snapshot = TrainerSnapshot(trainer)  # one spill file, overwritten before every step
         self._requests: queue.Queue[Future[Path]] = queue.Queue()
 
     @property
@@ -174,6 +175,7 @@ class TrainerWorker(Worker):
                 break
             if future.set_running_or_notify_cancel():
                 future.set_exception(ValueError("the trainer is stopping; its shutdown checkpoint is being saved"))
+        self._snapshot.close()
         if self.status.version > (self.status.checkpoint_version or 0):
             self.checkpoint()
         self.status = replace(self.status, state="stopped", batch_id=None)
@@ -211,20 +213,20 @@ class TrainerWorker(Worker):
         whole trainer state is put back as it was before the step."""
         self.status = replace(self.status, state="training", batch_id=batch.batch_id)
         start = time.perf_counter()
-        with capture_state(self.trainer) as snapshot:
-            try:
-                stats = self.step(batch)
-            except Exception as err:
-                snapshot.restore(self.trainer)
-                self._after_failure(batch, err, during_step=True)
-                return False
-            step_s = time.perf_counter() - start
-            try:
-                record, checkpointed = self._commit(batch, stats, step_s)
-            except Exception as err:
-                snapshot.restore(self.trainer)
-                self._after_failure(batch, err, during_step=False)
-                return False
+        snapshot = self._snapshot.capture()
+        try:
+            stats = self.step(batch)
+        except Exception as err:
+            snapshot.restore()
+            self._after_failure(batch, err, during_step=True)
+            return False
+        step_s = time.perf_counter() - start
+        try:
+            record, checkpointed = self._commit(batch, stats, step_s)
+        except Exception as err:
+            snapshot.restore()
+            self._after_failure(batch, err, during_step=False)
+            return False
         self._after_success(batch, record, step_s, checkpointed)
         return True
 

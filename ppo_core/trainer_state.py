@@ -7,10 +7,10 @@ number generators (minibatch shuffling and dropout draw from torch's global RNG)
 step. `optimize.Snapshot` only guards a NaN inside the optimisation; this one lets a caller undo a step that
 finished but could not be recorded.
 
-Cost: on CUDA the tensors are copied to host memory (free on the device). On the CPU they are spilled to an
-anonymous temporary file (`torch.save`): the copy sits in the page cache rather than in the process's heap and is
-read back only on a restore. Weights plus Adam's two moments are three times the model; for SmolLM2-135M about
-1.6 GB written per step, see bench/checkpoint.py for what that costs next to a step.
+Cost: on CUDA the tensors are copied to host memory (free on the device). On the CPU their raw bytes are written
+to one anonymous temporary file, reused by every capture: the copy sits in the page cache rather than in the
+process's heap and is read back only on a restore. Weights plus Adam's two moments are three times the model: for
+SmolLM2-135M 1.5 GB per step, about 0.5 s next to a 40-70 s step (bench/checkpoint.py).
 
 The same state goes into a checkpoint folder (`save_trainer_state` / `load_trainer_state`): the model as
 `save_pretrained` writes it, `optimizer.pt`, and `trainer_extra.pt` for everything else.
@@ -18,6 +18,7 @@ The same state goes into a checkpoint folder (`save_trainer_state` / `load_train
 
 from __future__ import annotations
 
+import copy
 import random
 import tempfile
 from dataclasses import dataclass
@@ -47,49 +48,51 @@ class Scalars:
 
 
 class TrainerSnapshot:
-    """A copy of a trainer's whole state; `restore()` puts it back (any number of times), `close()` frees it."""
+    """A copy of a trainer's whole state: `capture()` takes it (again and again, reusing its storage), `restore()`
+    puts it back (any number of times), `close()` frees it. Bound to one trainer."""
 
     def __init__(self, trainer: PPOTrainer) -> None:
-        model = _unwrapped(trainer)
-        self.scalars = capture_scalars(trainer)
-        on_cpu = all(t.device.type == "cpu" for t in model.state_dict().values())
+        self.trainer = trainer
+        self.scalars: Scalars | None = None
         self._spill: IO[bytes] | None = None
+        self._layout: list[tuple[int, str, torch.Size, torch.dtype]] = []
+        """Optimizer state tensors as captured: (parameter index, key, shape, dtype)."""
+        self._extras: dict[tuple[int, str], Any] = {}
+        """Optimizer state values that are not tensors."""
+        self._groups: list[dict[str, Any]] = []
         self._held: dict[str, Any] | None = None
-        tensors = {"model": model.state_dict(), "optimizer": trainer.optimizer.state_dict()}
-        if on_cpu:
-            self._spill = tempfile.TemporaryFile()  # noqa: SIM115 - lives until close(); closing deletes it
-            torch.save(tensors, self._spill)  # serialised: later in-place updates cannot reach the copy
-            self._spill.flush()
-        else:
-            self._held = _to_host(tensors)
 
-    def restore(self, trainer: PPOTrainer) -> None:
-        """Put the captured state back into `trainer` (the same trainer and model it was captured from)."""
-        tensors = self._load()
-        model = _unwrapped(trainer)
-        current = model.state_dict()
-        with torch.no_grad():
-            for name, value in tensors["model"].items():
-                current[name].copy_(value)  # in place: the optimizer keeps its references to the parameters
-        # a fresh copy each time: load_state_dict may keep the tensors it is given when device and dtype match
-        trainer.optimizer.load_state_dict(tensors["optimizer"])
-        restore_scalars(trainer, self.scalars)
+    def capture(self) -> TrainerSnapshot:
+        model_tensors = _unique_tensors(_unwrapped(self.trainer))
+        if all(t.device.type == "cpu" for t in model_tensors):
+            self._capture_cpu(model_tensors)
+        else:
+            opt = self.trainer.optimizer
+            self._held = _to_host({"model": _unwrapped(self.trainer).state_dict(), "optimizer": opt.state_dict()})
+        self.scalars = capture_scalars(self.trainer)
+        return self
+
+    def restore(self) -> None:
+        """Put the captured state back (in place: the optimizer keeps its references to the parameters)."""
+        if self.scalars is None:
+            raise ValueError("nothing captured")
+        if self._held is not None:
+            current = _unwrapped(self.trainer).state_dict()
+            with torch.no_grad():
+                for name, value in self._held["model"].items():
+                    current[name].copy_(value)
+            # a fresh host copy each time: load_state_dict may keep the tensors it is given
+            self.trainer.optimizer.load_state_dict(_to_host(self._held["optimizer"]))
+        else:
+            self._restore_cpu()
+        restore_scalars(self.trainer, self.scalars)
 
     def close(self) -> None:
         if self._spill is not None:
             self._spill.close()
             self._spill = None
         self._held = None
-
-    def _load(self) -> dict[str, Any]:
-        if self._spill is not None:
-            self._spill.seek(0)
-            loaded: dict[str, Any] = torch.load(self._spill, weights_only=True)
-            return loaded
-        if self._held is None:
-            raise ValueError("this snapshot was closed")
-        copied: dict[str, Any] = _to_host(self._held)
-        return copied
+        self.scalars = None
 
     def __enter__(self) -> TrainerSnapshot:
         return self
@@ -97,10 +100,50 @@ class TrainerSnapshot:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # On the CPU the bytes of every tensor go to one temporary file, raw (no pickling, no zip CRC: torch.save
+    # took 8 s for SmolLM2's 1.5 GB, raw writes into a file that already has its size take about 0.5 s).
+    def _capture_cpu(self, model_tensors: list[torch.Tensor]) -> None:
+        if self._spill is None:
+            self._spill = tempfile.TemporaryFile()  # noqa: SIM115 - reused by every capture; close() deletes it
+        spill = self._spill
+        spill.seek(0)
+        for tensor in model_tensors:
+            spill.write(_bytes_of(tensor))
+        self._layout, self._extras = [], {}
+        for index, key, value in _optimizer_values(self.trainer.optimizer):
+            if isinstance(value, torch.Tensor):
+                self._layout.append((index, key, value.shape, value.dtype))
+                spill.write(_bytes_of(value))
+            else:
+                self._extras[(index, key)] = copy.deepcopy(value)
+        spill.flush()
+        self._groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in _groups(self.trainer)]
+
+    def _restore_cpu(self) -> None:
+        assert self._spill is not None
+        spill = self._spill
+        spill.seek(0)
+        with torch.no_grad():
+            for tensor in _unique_tensors(_unwrapped(self.trainer)):
+                _read_into(spill, tensor)
+        params = [p for g in _groups(self.trainer) for p in g["params"]]
+        state = self.trainer.optimizer.state
+        for param in params:
+            state.pop(param, None)
+        for index, key, shape, dtype in self._layout:
+            value = torch.empty(shape, dtype=dtype)
+            _read_into(spill, value)
+            state[params[index]][key] = value
+        for (index, key), value in self._extras.items():
+            state[params[index]][key] = copy.deepcopy(value)
+        for group, saved in zip(_groups(self.trainer), self._groups):
+            group.update(copy.deepcopy(saved))
+
 
 def capture_state(trainer: PPOTrainer) -> TrainerSnapshot:
-    """Snapshot the whole trainer state (see the module docstring)."""
-    return TrainerSnapshot(trainer)
+    """Snapshot the whole trainer state (see the module docstring); a worker may keep one `TrainerSnapshot` and
+    call `capture()` before every step instead, so the spill file is allocated once."""
+    return TrainerSnapshot(trainer).capture()
 
 
 def capture_scalars(trainer: PPOTrainer) -> Scalars:
@@ -167,6 +210,44 @@ def load_trainer_state(trainer: PPOTrainer, folder: str | Path, *, rng: bool = T
 # ------------------------------------------------------------------------------------------------ helpers
 def _unwrapped(trainer: PPOTrainer) -> Any:
     return trainer.accelerator.unwrap_model(trainer.model)
+
+
+def _unique_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter and buffer once (tied weights are one tensor), in a fixed order."""
+    seen: set[tuple[object, ...]] = set()
+    out = []
+    for tensor in model.state_dict().values():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+        if tensor.numel() and key not in seen:
+            seen.add(key)
+            out.append(tensor)
+    return out
+
+
+def _groups(trainer: PPOTrainer) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = trainer.optimizer.param_groups
+    return groups
+
+
+def _optimizer_values(optimizer: Any) -> list[tuple[int, str, Any]]:
+    """(parameter index, key, value) of the optimizer's per-parameter state, in parameter order."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return [(i, k, v) for i, p in enumerate(params) if p in optimizer.state for k, v in optimizer.state[p].items()]
+
+
+def _bytes_of(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy (one copy when it is not contiguous)."""
+    flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+    return flat.numpy().data
+
+
+def _read_into(spill: IO[bytes], tensor: torch.Tensor) -> None:
+    target = tensor if tensor.is_contiguous() else torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    view = target.detach().reshape(-1).view(torch.uint8).numpy().data
+    if spill.readinto(view) != len(view):  # type: ignore[attr-defined]
+        raise ValueError("the snapshot file is shorter than the state it should hold")
+    if target is not tensor:
+        tensor.copy_(target)
 
 
 def _to_host(obj: Any) -> Any:

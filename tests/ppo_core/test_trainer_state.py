@@ -68,11 +68,30 @@ def test_a_snapshot_undoes_a_real_step_bit_for_bit(tokenizer: Any) -> None:
         assert not torch.equal(moved["model"]["v_head.summary.weight"], before["model"]["v_head.summary.weight"])
         assert moved["step"] == before["step"] + 1 and moved["running"] != before["running"]
         assert moved["kl"] != before["kl"] and moved["lr"] != before["lr"]
-        snapshot.restore(trainer)
+        snapshot.restore()
         assert_equal_states(before, full_state(trainer))
         trainer.step(*make_batch(4, seed=2))  # restore twice from one snapshot: the copy was not touched
-        snapshot.restore(trainer)
+        snapshot.restore()
     assert_equal_states(before, full_state(trainer))
+
+
+def test_a_reused_snapshot_holds_the_latest_capture_and_an_empty_optimizer_state(tokenizer: Any) -> None:
+    """Before the first step Adam has no moments: a restore must drop the ones the undone step created."""
+    trainer = scaled_trainer(tokenizer)
+    snapshot = capture_state(trainer)
+    try:
+        trainer.step(*make_batch(4, seed=7))
+        assert trainer.optimizer.state
+        snapshot.restore()
+        assert not trainer.optimizer.state and trainer.current_step == 0
+        trainer.step(*make_batch(4, seed=7))
+        after_one = full_state(trainer)
+        snapshot.capture()  # the same file, overwritten
+        trainer.step(*make_batch(4, seed=8))
+        snapshot.restore()
+        assert_equal_states(after_one, full_state(trainer))
+    finally:
+        snapshot.close()
 
 
 def test_a_retried_step_after_a_restore_is_the_same_step(tokenizer: Any) -> None:
@@ -82,7 +101,7 @@ def test_a_retried_step_after_a_restore_is_the_same_step(tokenizer: Any) -> None
     with capture_state(trainer) as snapshot:
         first_stats = trainer.step(*batch)
         first = full_state(trainer)
-        snapshot.restore(trainer)
+        snapshot.restore()
     second_stats = trainer.step(*batch)
     assert_equal_states(first, full_state(trainer))
     assert first_stats["ppo/loss/total"] == second_stats["ppo/loss/total"]
