@@ -15,7 +15,8 @@ from app.generator import GeneratorWorker
 from app.models import ModelLoadError, choose_runtime, load_models
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher, copy_state
-from app.reward_worker import RewardControl, RewardWorker
+from app.reward_source import RewardControl
+from app.reward_worker import RewardWorker
 from app.service import FeedbackService
 from app.settings import AppSettings
 from app.startup import first_line, import_prompts, open_store, resume_version
@@ -57,7 +58,7 @@ def build_service(settings: AppSettings) -> FeedbackService:
         rewards.use_auto_scores,
         resume.state.version if resume else None,
     )
-    reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds)
+    reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker)
     log.info("service ready: model %s at version %d on %s", settings.model, version, runtime.device)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from app.errors import UserError
 from app.models import Runtime
 from app.policy import PolicyPublisher
 from app.settings import AppSettings
@@ -187,7 +188,7 @@ class GeneratorWorker(Worker):
 
     def teardown(self) -> None:
         self.status = replace(self.status, state="stopped")
-        self._fail_pending(ValueError("the generator has stopped"))
+        self._fail_pending(UserError("the generator has stopped"))
 
     def tick(self) -> bool:
         self.serve_requests()
@@ -313,7 +314,7 @@ class GeneratorWorker(Worker):
         if first is not None and current is not None:
             return Comparison(prompt, 0, first, version, current)
         if not self.alive:
-            raise ValueError("the generator is not running, so no comparison can be made")
+            raise UserError("the generator is not running, so no comparison can be made")
         request = _CompareRequest(prompt, Future())
         self._requests.put(request)
         self.wake.set()
@@ -321,4 +322,4 @@ class GeneratorWorker(Worker):
             return request.future.result(timeout)
         except TimeoutError:
             request.future.cancel()
-            raise ValueError("the generator is busy; try the comparison again in a moment") from None
+            raise UserError("the generator is busy; try the comparison again in a moment") from None

@@ -64,6 +64,16 @@ class TrainerPart(WorkerPart, Protocol):
     def request_checkpoint(self) -> Path: ...
 
 
+class RewardStatusView(Protocol):
+    @property
+    def stopped(self) -> str | None: ...
+
+
+class RewardWorkerPart(WorkerPart, Protocol):
+    @property
+    def status(self) -> RewardStatusView: ...
+
+
 class PublisherPart(Protocol):
     @property
     def version(self) -> int: ...
@@ -81,4 +91,4 @@ class ServiceParts:
     publisher: PublisherPart
     generator: GeneratorPart
     trainer: TrainerPart
-    reward_worker: WorkerPart
+    reward_worker: RewardWorkerPart

@@ -31,13 +31,13 @@ from app.views import (
 )
 from storage.batches import release_all_claims
 from storage.dashboard import counts
-from storage.errors import RatingLocked
+from storage.errors import AlreadyRated, RatingLocked
 from storage.export import export_jsonl, export_parquet, pairwise_dataset
 from storage.history import training_history
+from storage.quarantine import count_quarantined
 from storage.raters import get_or_create_rater, set_rater_role
 from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
-from storage.records import SampleRecord
-from storage.samples import count_unrated_unleased, get_sample, next_sample_for_rater, skip_sample
+from storage.samples import count_unrated_unleased, next_sample_for_rater, offer_sample, skip_sample
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,13 @@ class FeedbackService:
         return self._next(rater_id, None)
 
     def rate(self, rater_id: int, sample_id: int, score: float) -> NextResult:
-        with self.db.session_factory.begin() as s:
-            record_rating(s, sample_id, rater_id, score, score_range=SCORE_RANGE)
+        """Store a first rating; a different score for a sample this rater already rated (e.g. in another tab) is
+        refused with a notice, the same score again is a no-op (a double click)."""
+        try:
+            with self.db.session_factory.begin() as s:
+                record_rating(s, sample_id, rater_id, score, score_range=SCORE_RANGE, replace=False)
+        except AlreadyRated as err:
+            return self._next(rater_id, str(err))
         self._wake()
         return self._next(rater_id, "Rating saved")
 
@@ -152,9 +157,10 @@ class FeedbackService:
 
     def _next(self, rater_id: int, notice: str | None, offer: int | None = None) -> NextResult:
         with self.db.session_factory.begin() as s:
-            sample = get_sample(s, offer) if offer is not None else None
-            if sample is None or not _leased_now(sample):
-                sample = next_sample_for_rater(s, rater_id, lease_seconds=self.settings.lease_seconds)
+            lease = self.settings.lease_seconds
+            sample = offer_sample(s, rater_id, offer, lease_seconds=lease) if offer is not None else None
+            if sample is None:
+                sample = next_sample_for_rater(s, rater_id, lease_seconds=lease)
             p = rater_progress(s, rater_id)
         progress = Progress(p.rated, p.skipped, p.can_undo)
         if sample is None:
@@ -186,6 +192,7 @@ class FeedbackService:
             c = counts(s, use_auto_scores=reward.reward is not None)
             # counted here, not the generator's figure, which is only refreshed between its batches
             ready = count_unrated_unleased(s, min_policy_version=version - self.settings.max_staleness)
+            quarantined = count_quarantined(s, reward.source) if reward.reward is not None else 0
         numbers = {
             "prompts": c.prompts,
             "samples": c.samples,
@@ -199,6 +206,7 @@ class FeedbackService:
             "human_ratings": c.human_ratings,
             "auto_ratings": c.auto_ratings,
             "raters": c.raters,
+            "quarantined": quarantined,
         }
         last = self.errors.last()
         return Dashboard(
@@ -210,7 +218,18 @@ class FeedbackService:
             buffer_target=self.generator.status.target,
             last_step_s=self.trainer.status.last_step_s,
             last_error=str(last) if last is not None else None,
+            reward_note=self._reward_note(),
         )
+
+    def _reward_note(self) -> str | None:
+        notes = []
+        if (wanted := self.rewards.requested) is not None:
+            notes.append(f"switching to {wanted}")
+        if (failed := self.rewards.switch_error) is not None:
+            notes.append(failed)
+        if (stopped := self.reward_worker.status.stopped) is not None:
+            notes.append(stopped)
+        return "; ".join(notes) or None
 
     def _training_state(self, scored: int, in_batches: int) -> str:
         t = self.trainer.status
@@ -321,10 +340,6 @@ class FeedbackService:
                 pairs = pairwise_dataset(s, use_auto_scores=self.rewards.use_auto_scores())
                 pairs.to_json(str(path), lines=True)
         return str(path.resolve())
-
-
-def _leased_now(sample: SampleRecord) -> bool:
-    return sample.lease_expires_at is not None and sample.lease_expires_at > datetime.now(UTC)
 
 
 def _time(value: datetime) -> str:

@@ -60,6 +60,9 @@ class Dashboard:
     buffer_target: int
     last_step_s: float | None
     last_error: str | None
+    reward_note: str | None = None
+    """The reward source's state when it is not plainly in use: "switching to vader", a failed switch, scoring
+    stopped (reward calls hang)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ PLOT_METRICS = {
 RECENT_HEADERS = ["time", "rater", "source", "score", "version", "prompt", "response"]
 RECENT_WIDTHS: list[str | int] = ["9%", "9%", "8%", "7%", "8%", "22%", "37%"]
 MAIN_COUNTS = ("unrated", "scored", "trained")
-MORE_COUNTS = ("claimed", "stale", "failed", "samples", "ratings", "raters", "prompts")
+MORE_COUNTS = ("claimed", "stale", "failed", "quarantined", "samples", "ratings", "raters", "prompts")
 
 
 def quick_scores(lo: float, hi: float, n: int = len(QUICK_LABELS)) -> list[float]:
@@ -71,6 +71,8 @@ def dashboard_text(d: Dashboard) -> str:
         f"Reward source: `{plain(d.reward_source)}` · prefetch buffer {d.buffer_ready}/{d.buffer_target}"
         f" · last PPO step {step_s}",
     ]
+    if d.reward_note:
+        lines.append(f"**Reward:** {plain(d.reward_note)}")
     if d.last_error:
         lines.append(f"**Last error:** {plain(d.last_error)}")
     return "\n\n".join(lines)

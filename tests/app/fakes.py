@@ -79,6 +79,17 @@ class FakeTrainer(FakeWorker):
         return self.checkpoint_dir / f"v{self.checkpoints}"
 
 
+@dataclass(frozen=True)
+class FakeRewardStatus:
+    stopped: str | None = None
+
+
+class FakeRewardWorker(FakeWorker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = FakeRewardStatus()
+
+
 @dataclass
 class FakePublisher:
     version: int = 0
@@ -97,6 +108,6 @@ def fake_service(settings: AppSettings, **overrides: Any) -> FeedbackService:
         publisher=FakePublisher(),
         generator=FakeGenerator(),
         trainer=FakeTrainer(settings.checkpoint_dir),
-        reward_worker=FakeWorker(),
+        reward_worker=FakeRewardWorker(),
     )
     return FeedbackService(settings, parts)

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from app.access import Caller
+from app.errors import AccessDenied, UserError
 from app.service import FeedbackService
 from ppo_core.rewards import VaderReward
 from storage.ratings import ratings_for_sample
@@ -48,13 +50,21 @@ def test_the_reward_worker_scores_samples_and_human_scores_take_precedence(
         assert [(r.source, r.score) for r in ratings_for_sample(s, other)] == [("vader", score)]
 
 
+def admin_of(service: FeedbackService) -> Caller:
+    """The caller holding the start-up admin token."""
+    assert service.access.admin_token is not None
+    return Caller(admin_token=service.access.admin_token)
+
+
 def test_human_only_mode_ignores_automatic_scores(make_service: Callable[..., FeedbackService]) -> None:
     service = make_service(reward="vader")
     admin = service.login("admin")
     generate(service, 4)
     assert service.reward_worker.tick()
-    service.set_reward_source(admin.id, "human")
-    assert service.dashboard().reward_source == "human"
+    service.set_reward_source(admin_of(service), "human")
+    assert service.dashboard().reward_note == "switching to human"
+    service.reward_worker.tick()  # the reward thread builds the requested source and swaps it in
+    assert service.dashboard().reward_source == "human" and service.dashboard().reward_note is None
     assert not service.reward_worker.tick()
     assert not service.trainer.tick()  # every sample has an automatic score, none a human one
     rate_next(service, admin.id, 2)
@@ -63,30 +73,35 @@ def test_human_only_mode_ignores_automatic_scores(make_service: Callable[..., Fe
 
 def test_controls_that_change_training_are_for_admins_only(make_service: Callable[..., FeedbackService]) -> None:
     service = make_service()
-    rater, admin = service.login("alice"), service.login(" admin ")
-    assert not rater.is_admin and admin.is_admin and admin.name == "admin"
-    for action in (
-        lambda: service.set_paused(rater.id, True),
-        lambda: service.set_reward_source(rater.id, "vader"),
-        lambda: service.save_checkpoint(rater.id),
-    ):
-        with pytest.raises(PermissionError):
-            action()
-    with pytest.raises(ValueError):
-        service.set_reward_source(admin.id, "no-such-reward")
-    service.set_reward_source(admin.id, "length:5")
-    assert service.dashboard().reward_source == "length:5"
-    service.set_reward_source(admin.id, "human")
+    rater, typed_admin = service.login("alice"), service.login(" admin ")
+    assert not rater.is_admin and not typed_admin.is_admin and typed_admin.name == "admin"
+    admin = admin_of(service)
+    for caller in (Caller(), Caller(admin_token="not-the-token")):
+        for action in (
+            lambda c=caller: service.set_paused(c, True),
+            lambda c=caller: service.set_reward_source(c, "vader"),
+            lambda c=caller: service.save_checkpoint(c),
+            lambda c=caller: service.export(c, "jsonl"),
+        ):
+            with pytest.raises(AccessDenied):
+                action()
+    with pytest.raises(UserError):
+        service.set_reward_source(admin, "no-such-reward")
+    service.set_reward_source(admin, "length:40")
+    service.reward_worker.tick()
+    assert service.dashboard().reward_source == "length:40"
+    service.set_reward_source(admin, "human")
+    service.reward_worker.tick()
 
     generate(service, 2)
     rate_next(service, rater.id, 2)
-    service.set_paused(admin.id, True)
+    service.set_paused(admin, True)
     assert not service.trainer.tick() and service.dashboard().training == "paused"
-    service.set_paused(admin.id, False)
+    service.set_paused(admin, False)
     assert service.trainer.tick() and service.publisher.version == 1
     with pytest.raises(ValueError, match="not running"):
-        service.save_checkpoint(admin.id)  # the trainer thread was never started here
-    with pytest.raises(ValueError):
+        service.save_checkpoint(admin)  # the trainer thread was never started here
+    with pytest.raises(UserError):
         service.login("   ")
 
 
@@ -129,13 +144,14 @@ def test_exports_hold_every_rating(make_service: Callable[..., FeedbackService])
     generate(service, 4)
     rated = rate_next(service, alice.id, 2, score=1.0)
     service.rate(bob.id, rated[0].sample_id, -1.0)
-    jsonl = service.export("jsonl")
+    admin = admin_of(service)
+    jsonl = service.export(admin, "jsonl")
     rows = [json.loads(line) for line in Path(jsonl).read_text(encoding="utf-8").splitlines()]
     assert sorted((r["rater"], r["score"]) for r in rows) == [("alice", 1.0), ("alice", 1.0), ("bob", -1.0)]
-    assert pq.read_table(service.export("parquet")).num_rows == 3
-    assert service.export("pairwise").endswith(".jsonl")
-    with pytest.raises(ValueError):
-        service.export("csv")
+    assert pq.read_table(service.export(admin, "parquet")).num_rows == 3
+    assert service.export(admin, "pairwise").endswith(".jsonl")
+    with pytest.raises(UserError):
+        service.export(admin, "csv")
     recent = service.recent_ratings(2)
     assert [(r.rater, r.score) for r in recent] == [("bob", -1.0), ("alice", 1.0)]
     assert recent[0].prompt == rated[0].prompt and recent[0].policy_version == 0
