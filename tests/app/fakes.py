@@ -17,6 +17,9 @@ from app.settings import AppSettings
 from app.startup import import_prompts, open_store
 from app.views import Comparison
 from app.worker import ErrorLog, ErrorRecord
+from storage.prompts import prompts_for_generation
+from storage.records import NewSample
+from storage.samples import add_samples
 
 
 class FakeWorker:
@@ -93,6 +96,14 @@ class FakeRewardWorker(FakeWorker):
 @dataclass
 class FakePublisher:
     version: int = 0
+
+
+def add_fake_samples(service: FeedbackService, n: int, version: int = 0) -> list[int]:
+    """Store `n` generated-looking samples (what the fake generator does not make)."""
+    with service.db.session_factory.begin() as s:
+        prompt = prompts_for_generation(s, 1)[0]
+        made = [NewSample(prompt.id, f"answer {i}", [1, 2, 3], [4, 5], version, [-1.0, -1.0]) for i in range(n)]
+        return add_samples(s, made)
 
 
 def fake_service(settings: AppSettings, **overrides: Any) -> FeedbackService:

@@ -18,7 +18,7 @@ from app.service import FeedbackService
 from app.settings import AppSettings, is_loopback
 from app.ui.errors import error_text
 from app.worker import ErrorLog
-from tests.app.fakes import FakeTrainer, fake_service
+from tests.app.fakes import FakeTrainer, add_fake_samples, fake_service
 
 TOKEN = "a-fixed-admin-token-for-tests-0123"
 
@@ -145,3 +145,28 @@ def test_errors_shown_to_a_browser_carry_no_server_values(tmp_path: Path) -> Non
 )
 def test_loopback_hosts(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_two_tabs_of_one_rater_never_overwrite_a_rating_and_undo_never_steals(
+    make_fake: Callable[..., FeedbackService],
+) -> None:
+    service = make_fake()
+    add_fake_samples(service, 3)
+    alice, bob = service.login("alice"), service.login("bob")
+    tab1 = service.next_for(alice.id).assignment
+    tab2 = service.next_for(alice.id).assignment  # a second tab: the same leased sample
+    assert tab1 is not None and tab2 is not None and tab1.sample_id == tab2.sample_id
+    service.rate(alice.id, tab1.sample_id, 1.0)
+    again = service.rate(alice.id, tab2.sample_id, -1.0)  # the stale second tab
+    assert again.notice is not None and "already" in again.notice
+    assert [(r.rater, r.score) for r in service.recent_ratings(5)] == [("alice", 1.0)], "not overwritten"
+    assert service.rate(alice.id, tab1.sample_id, 1.0).notice == "Rating saved", "a double click is harmless"
+
+    undone = service.undo(alice.id)
+    assert undone.assignment is not None and undone.assignment.sample_id == tab1.sample_id
+    bobs = service.next_for(bob.id).assignment
+    assert bobs is not None and bobs.sample_id != tab1.sample_id, "the undone sample is alice's again"
+    service.rate(alice.id, tab1.sample_id, 0.5)
+    service.undo(alice.id)
+    # while alice re-thinks, her lease holds: bob is never offered the same sample
+    assert service.next_for(bob.id).assignment != service.next_for(alice.id).assignment
