@@ -72,4 +72,3 @@ class Access:
         if self.admin_token is None:
             return None
         return f"{base_url.rstrip('/')}/?{TOKEN_PARAM}={self.admin_token}"
-
