@@ -1,7 +1,7 @@
 """Checkpoints: one folder per policy version, durable before storage records it, verified before it is loaded.
 
 `<data-dir>/checkpoints/v{N}/` holds the whole trainer state (ppo_core.trainer_state: the policy with its value
-head as `save_pretrained` writes it, `optimizer.pt`, `trainer_extra.pt` with the KL coefficient, step count,
+head as `save_pretrained` writes it, `optimizer.safetensors`, `trainer_extra.pt` with the KL coefficient, step count,
 scheduler, running score moments and RNG states), the tokenizer, `trainer_state.json` (version, KL coefficient,
 step, model name: for people and for the model check) and `manifest.json` (each file's size and sha256).
 

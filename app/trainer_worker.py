@@ -338,11 +338,13 @@ class TrainerWorker(Worker):
     def checkpoint(self) -> Path:
         """Save and record the current version (its step is already recorded): shutdown and admin requests."""
         version = self.status.version
+        existed = (self.settings.checkpoint_dir / f"v{version}").exists()
         folder = self._save(version)
         try:
             record(self.db, version, folder)
         except BaseException:
-            remove_folder(folder)
+            if not existed:  # a folder saved before (and recorded) stays
+                remove_folder(folder)
             raise
         self.status = replace(self.status, checkpoint_version=version)
         self._prune()

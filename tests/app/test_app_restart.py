@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from app.checkpoints import STATE_FILE
+from app.checkpoints import STATE_FILE, verify_checkpoint
 from app.service import FeedbackService
 from storage.batches import claim_next_batch
 from storage.engine import open_database
@@ -34,7 +34,8 @@ def test_a_restart_resumes_version_weights_and_requeues_a_claimed_batch(
     wait_until(lambda: first.generator.status.state == "idle", what="the generator to settle")
     first.stop()  # saves the shutdown checkpoint
     folder = first.settings.checkpoint_dir / "v1"
-    assert (folder / STATE_FILE).is_file() and (folder / "optimizer.pt").is_file()
+    assert (folder / STATE_FILE).is_file() and (folder / "optimizer.safetensors").is_file()
+    assert verify_checkpoint(folder) is None  # every file matches manifest.json
 
     # A trainer that died holding a claim: two more ratings, claimed and never finished.
     with open_database(first.settings.db_url) as db, db.session_factory.begin() as s:
