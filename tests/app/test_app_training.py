@@ -52,7 +52,7 @@ def test_a_full_batch_trains_exactly_one_step_and_new_samples_carry_the_new_vers
 def test_a_crash_mid_step_leaves_the_batch_reclaimable_and_the_weights_at_the_last_good_version(
     make_service: Callable[..., FeedbackService], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = make_service(retry_backoff_s=0.05)
+    service = make_service(retry_backoff_s=0.5)
     alice = service.login("alice")
     generate(service, 2)
     rate_next(service, alice.id, 2)
@@ -77,7 +77,7 @@ def test_a_crash_mid_step_leaves_the_batch_reclaimable_and_the_weights_at_the_la
 
     monkeypatch.undo()
     assert not service.trainer.tick()  # backing off: the retry waits retry_backoff_s
-    time.sleep(0.06)
+    time.sleep(max(0.0, service.trainer._retry_at - time.monotonic()) + 0.01)
     assert service.trainer.tick()
     [retried] = batches(service)
     assert (retried.id, retried.status, retried.attempts) == (batch.id, "trained", 2)
