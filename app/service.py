@@ -238,11 +238,12 @@ class FeedbackService:
         if t.state in ("starting", "stopped"):
             return t.state
         if self.trainer.paused.is_set():
-            return "paused"
+            reason = t.paused_reason
+            return "paused" if reason is None else f"paused: {reason}; an admin can resume it"
         if t.state == "training":
             return "running"
         if t.last_error is not None:
-            return f"error: {t.last_error} (the batch will be retried)"
+            return f"error: {t.last_error} (the batch goes back to training and is retried)"
         missing = self.settings.batch_size - scored
         if missing > 0 and in_batches == 0:
             return f"waiting for {missing} more rating{'s' if missing != 1 else ''}"

@@ -67,6 +67,7 @@ class FakeTrainerStatus:
     state: str = "waiting"
     last_step_s: float | None = None
     last_error: str | None = None
+    paused_reason: str | None = None
 
 
 class FakeTrainer(FakeWorker):
