@@ -31,12 +31,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	.venv/bin/mypy app ppo_core storage
 
+# The storage suite runs on SQLite and PostgreSQL (tests/pg.py starts a throwaway server); the app suite on SQLite,
+# then these app service tests once more on PostgreSQL. Without PostgreSQL installed its tests skip (fail with CI=1).
+PG_APP_TESTS := tests/app/test_app_training.py tests/app/test_app_access.py
+
 test: $(STAMP) lint typecheck
 	$(PY) -m pytest -q -ra
+	RLHF_TEST_DB=postgresql $(PY) -m pytest -q -ra $(PG_APP_TESTS)
 
 bench: $(STAMP)
 	$(PY) bench/step.py
-	$(PY) bench/storage.py --rows 1000000
+	$(PY) bench/storage.py --rows 1000000  # add --url postgresql+psycopg://... for a PostgreSQL database
 	$(PY) bench/publish.py
 	$(PY) bench/latency.py
 

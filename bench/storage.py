@@ -9,8 +9,12 @@ batches of 8 with their training steps, and a generator buffer of 64 unrated sam
 policy version. Then it times the real repository functions, each call in its own transaction as the app
 makes it (commit, i.e. fsync, included): the rating loop (next_sample_for_rater then record_rating, with a
 generator topping the buffer up between calls, untimed) and the trainer loop (claim_next_batch, then
-finish_batch). ``--plan`` logs SQLite's EXPLAIN QUERY PLAN of the hot queries. The log goes to stderr; the
-last stdout line is ``RESULT {json}``.
+finish_batch). ``--plan`` logs the query plans of the hot queries (SQLite's EXPLAIN QUERY PLAN, PostgreSQL's
+EXPLAIN). The log goes to stderr; the last stdout line is ``RESULT {json}``.
+
+``--url postgresql+psycopg://user@/dbname?host=/socket/dir`` runs it on PostgreSQL instead: the feedback-store
+tables in that database are dropped and rebuilt (give it a database of its own), the id sequences are moved past
+the bulk-inserted rows, and the tables are ANALYZEd before timing.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import event  # noqa: E402
+from sqlalchemy import create_engine, event, text  # noqa: E402
 
 import storage  # noqa: E402
 from storage import Database, NewSample, StepIn  # noqa: E402
-from storage.schema import Prompt, Rater, Rating, Sample, TrainingBatch, TrainingStep  # noqa: E402
+from storage.schema import Base, Prompt, Rater, Rating, Sample, TrainingBatch, TrainingStep  # noqa: E402
 
 LOG = logging.getLogger("bench.storage")
 OUT_DIR = ROOT / "bench" / "out"
@@ -43,12 +47,15 @@ BUFFER = 64
 CHUNK = 50_000
 
 
-def build(path: Path, rows: int, batch_size: int, durable: bool = True) -> tuple[Database, int]:
+def build(target: Path | str, rows: int, batch_size: int, durable: bool = True) -> tuple[Database, int]:
     """A fresh database holding ``rows`` ratings (bulk inserts through SQLAlchemy Core, chunked), and the
-    newest policy version in it."""
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    db = storage.open_database(path, durable=durable)
+    newest policy version in it. ``target``: a SQLite file (deleted first) or a server URL (tables dropped)."""
+    if isinstance(target, Path):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+    else:
+        _drop_tables(target)
+    db = storage.open_database(target, durable=durable)
     n_samples = rows // 2
     backlog = min(20_000, n_samples // 10)
     trained = (n_samples - backlog) // batch_size * batch_size
@@ -61,10 +68,33 @@ def build(path: Path, rows: int, batch_size: int, durable: bool = True) -> tuple
     _insert(db, TrainingStep, (_step(k, batch_size, t0) for k in range(trained // batch_size)))
     _insert(db, Sample, (_sample(i, n_prompts, trained, batch_size, t0) for i in range(n_samples)))
     _insert(db, Rating, _ratings(n_samples, t0))
+    if db.engine.dialect.name == "postgresql":
+        _after_bulk_load_on_postgresql(db)
     newest = (n_samples - 1) // 512 + 1
     with db.session_factory.begin() as s:
         storage.add_samples(s, [_new_sample(1 + i % n_prompts, newest) for i in range(BUFFER)])
     return db, newest
+
+
+def _drop_tables(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        Base.metadata.drop_all(conn)
+        conn.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+
+
+def _after_bulk_load_on_postgresql(db: Database) -> None:
+    """Explicit ids do not move PostgreSQL's sequences (the next add_samples would collide), and a freshly
+    loaded table has no planner statistics until it is analysed."""
+    with db.engine.begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if "id" in table.c and table.c.id.autoincrement is not False and table.c.id.primary_key:
+                conn.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), max(id)) FROM {table.name}")
+                )
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE"))
 
 
 def _insert(db: Database, model: type[Any], rows: Iterator[dict[str, Any]]) -> None:
@@ -248,9 +278,10 @@ def explain(db: Database, batch_size: int) -> None:
         with db.session_factory.begin() as s:
             call(s)
         event.remove(db.engine, "before_cursor_execute", grab)
+        explain_sql = "EXPLAIN QUERY PLAN" if db.engine.dialect.name == "sqlite" else "EXPLAIN"
         with db.engine.connect() as conn:
             for statement, params in captured:
-                plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
+                plan = conn.exec_driver_sql(f"{explain_sql} {statement}", params).all()
                 LOG.info("[%s] %s\n    %s", name, " ".join(statement.split()), "\n    ".join(r[-1] for r in plan))
 
 
@@ -271,6 +302,13 @@ def fsync_ms(folder: Path, repeats: int = 50) -> list[float]:
     return times
 
 
+def _size_mb(db: Database, path: Path) -> float:
+    if db.engine.dialect.name == "sqlite":
+        return round(path.stat().st_size / 2**20, 1)
+    with db.engine.connect() as conn:
+        return round(float(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()) / 2**20, 1)
+
+
 def summary(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
     return round(statistics.median(ordered), 3), round(ordered[int(0.95 * (len(ordered) - 1))], 3)
@@ -282,6 +320,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=300, help="timed calls per operation")
     parser.add_argument("--db", type=Path, default=None, help="database file (rebuilt)")
+    parser.add_argument(
+        "--url", default=None, help="a server database instead of a file, e.g. postgresql+psycopg://... (rebuilt)"
+    )
     parser.add_argument("--plan", action="store_true", help="log EXPLAIN QUERY PLAN of the hot queries")
     parser.add_argument(
         "--not-durable", action="store_true", help="synchronous=NORMAL: no fsync per commit (shows the disk's share)"
@@ -291,19 +332,21 @@ def main() -> None:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = args.db or OUT_DIR / f"storage-{args.rows}.db"
     started = time.perf_counter()
-    db, newest = build(path, args.rows, args.batch_size, durable=not args.not_durable)
+    db, newest = build(args.url or path, args.rows, args.batch_size, durable=not args.not_durable)
     build_s = time.perf_counter() - started
     with db.session_factory.begin() as s:
         counts = storage.counts(s)
-    LOG.info("built %s in %.1f s: %s", path, build_s, counts)
+    LOG.info("built %s in %.1f s: %s", args.url or path, build_s, counts)
     if args.plan:
         explain(db, args.batch_size)
     next_ms, rate_ms = rating_loop(db, args.repeats, newest)
     claim_ms, finish_ms = trainer_loop(db, args.repeats, args.batch_size)
     counts_ms = [timed(db, storage.counts)[0] for _ in range(5)]
     disk_ms = fsync_ms(path.parent)
+    size_mb = _size_mb(db, path)
     db.close()
     payload: dict[str, Any] = {"rows": counts.ratings, "samples": counts.samples, "build_s": round(build_s, 1)}
+    payload["backend"] = db.engine.dialect.name
     payload["durable"] = not args.not_durable
     for name, values in (
         ("next_sample", next_ms),
@@ -316,7 +359,7 @@ def main() -> None:
         p50, p95 = summary(values)
         payload[f"{name}_ms_p50"], payload[f"{name}_ms_p95"] = p50, p95
         LOG.info("%-14s p50 %8.3f ms   p95 %8.3f ms", name, p50, p95)
-    payload["file_mb"] = round(path.stat().st_size / 2**20, 1)
+    payload["file_mb"] = size_mb
     print("RESULT " + json.dumps(payload), flush=True)
 
 

@@ -14,6 +14,14 @@ timeout instead of both reading and one failing with ``SQLITE_BUSY_SNAPSHOT`` wh
 every read-then-write in a repository function (claim a batch, lease a sample) is serialised. Other
 databases get none of this; the repository code relies on conditional UPDATEs with rowcount checks and
 unique constraints for correctness there (see batches.py).
+
+PostgreSQL keeps its default READ COMMITTED for sessions that write: a conditional UPDATE waits for a competing
+transaction's row lock and re-checks its WHERE clause on the committed row, which is what the compare-and-sets
+need. Its counterparts of the SQLite settings: ``lock_timeout`` = the busy timeout (a writer waiting longer on a
+row lock fails instead of hanging), ``durable`` = ``synchronous_commit`` on / off (off: a server crash may lose
+the last commits, never consistency), read sessions = ``REPEATABLE READ READ ONLY`` (one snapshot for a whole export,
+never blocking writers), and schema creation or upgrade under a transaction-level advisory lock, so processes
+opening a new database at once create it once.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ from storage.migrate import ensure_schema
 log = logging.getLogger(__name__)
 
 READ_ONLY_OPTION = "storage_read_only"
+# Any fixed 64-bit key: the transaction-level advisory lock that serialises schema creation and upgrades.
+SCHEMA_LOCK_KEY = 0x726C6866_6C697665  # "rlhflive"
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,8 @@ class Database:
     """Sessions for reads and writes (``BEGIN IMMEDIATE`` on SQLite)."""
     read_session_factory: sessionmaker[Session]
     """Sessions for long reads (exports, dashboards): a plain deferred BEGIN on SQLite, i.e. a WAL snapshot
-    that never blocks raters or the trainer. Do not write through them."""
+    that never blocks raters or the trainer; ``REPEATABLE READ READ ONLY`` on PostgreSQL, the same snapshot
+    for the whole transaction, where a write is refused. Do not write through them."""
     schema_version: str
 
     def close(self) -> None:
@@ -105,12 +116,35 @@ def install_sqlite_hooks(
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def install_postgresql_schema_lock(engine: Engine) -> None:
+    """Every transaction of ``engine`` starts by taking the schema advisory lock (released at its end); a no-op
+    for other databases. Two processes opening a new database at once then create its tables once."""
+    if engine.dialect.name != "postgresql":
+        return
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
+
+
+def postgresql_options(url: URL, *, busy_timeout_s: float, durable: bool) -> dict[str, Any]:
+    """libpq connect arguments giving PostgreSQL sessions the SQLite settings' counterparts (module docstring).
+    Options given in the URL (``?options=-csearch_path%3Dmine``) are kept and come last, so they win."""
+    if url.get_backend_name() != "postgresql":
+        return {}
+    # Both ways explicitly, as on SQLite: durable means durable whatever the server's default.
+    settings = [f"-c lock_timeout={int(busy_timeout_s * 1000)}", f"-c synchronous_commit={'on' if durable else 'off'}"]
+    given = url.query.get("options")
+    settings += [given] if isinstance(given, str) else list(given or ())
+    return {"options": " ".join(settings)}
+
+
 def create_storage_engine(
     url: str | os.PathLike[str] | URL, *, busy_timeout_s: float = 30.0, durable: bool = True, echo: bool = False
 ) -> Engine:
     """The engine ``open_database`` uses, without touching the schema."""
     parsed = database_url(url)
-    connect_args: dict[str, Any] = {}
+    connect_args: dict[str, Any] = postgresql_options(parsed, busy_timeout_s=busy_timeout_s, durable=durable)
     if parsed.get_backend_name() == "sqlite":
         connect_args["timeout"] = busy_timeout_s
     engine = create_engine(parsed, echo=echo, connect_args=connect_args, pool_pre_ping=True)
@@ -139,12 +173,16 @@ def open_database(
     )
     # Migrations run with foreign keys off (SQLite's table-rebuild ALTERs need it) and check them at the end.
     install_sqlite_hooks(schema_engine, busy_timeout_s=busy_timeout_s, foreign_keys=False)
+    install_postgresql_schema_lock(schema_engine)
     try:
         version = ensure_schema(schema_engine, upgrade=upgrade)
     finally:
         schema_engine.dispose()
     engine = create_storage_engine(parsed, busy_timeout_s=busy_timeout_s, durable=durable, echo=echo)
-    read_engine = engine.execution_options(**{READ_ONLY_OPTION: True})
+    read_options: dict[str, Any] = {READ_ONLY_OPTION: True}
+    if parsed.get_backend_name() == "postgresql":
+        read_options.update(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    read_engine = engine.execution_options(**read_options)
     log.info("feedback store open at %s (schema %s)", parsed.render_as_string(hide_password=True), version)
     return Database(
         url=parsed.render_as_string(hide_password=False),

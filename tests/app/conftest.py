@@ -1,4 +1,7 @@
-"""Fixtures for the app tests: a tiny model folder, a small prompt file, settings and services in tmp_path."""
+"""Fixtures for the app tests: a tiny model folder, a small prompt file, settings and services in tmp_path.
+
+The database is SQLite under the settings' data_dir, or with RLHF_TEST_DB=postgresql a fresh PostgreSQL database
+per test (``app_db_url``; ``make test`` runs a few service test files that way too)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import pytest
 from app.bootstrap import build_service
 from app.service import FeedbackService
 from app.settings import AppSettings
+from tests.conftest import app_backend
 
 PROMPTS = [
     "Tell me a happy story about a cat.",
@@ -43,12 +47,27 @@ def prompt_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_settings(tiny_model: Path, prompt_file: Path, tmp_path: Path) -> Callable[..., AppSettings]:
+def app_db_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """``AppSettings.db`` for this test: None (SQLite in data_dir), or a fresh PostgreSQL database, dropped after."""
+    if app_backend() == "sqlite":
+        yield None
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.fresh_url("app")
+    yield url
+    cluster.drop(url)
+
+
+@pytest.fixture
+def make_settings(
+    tiny_model: Path, prompt_file: Path, tmp_path: Path, app_db_url: str | None
+) -> Callable[..., AppSettings]:
     def make(**overrides: Any) -> AppSettings:
         base = AppSettings(
             model=str(tiny_model),
             dataset=str(prompt_file),
             data_dir=tmp_path / "data",
+            db=app_db_url,
             batch_size=2,
             buffer=4,
             ppo_epochs=2,

@@ -24,11 +24,13 @@ TOKEN = "a-fixed-admin-token-for-tests-0123"
 
 
 @pytest.fixture
-def make_fake(prompt_file: Path, tmp_path: Path) -> Iterator[Callable[..., FeedbackService]]:
+def make_fake(prompt_file: Path, tmp_path: Path, app_db_url: str | None) -> Iterator[Callable[..., FeedbackService]]:
     built: list[FeedbackService] = []
 
     def make(**overrides: Any) -> FeedbackService:
-        settings = AppSettings(model="unused", dataset=str(prompt_file), data_dir=tmp_path / "data", batch_size=2)
+        settings = AppSettings(
+            model="unused", dataset=str(prompt_file), data_dir=tmp_path / "data", db=app_db_url, batch_size=2
+        )
         service = fake_service(settings, **overrides)
         built.append(service)
         return service

@@ -3,6 +3,7 @@
     python storage_worker.py DB --raters a,b --claimer NAME --claimers 2 --batch-size 4 --stop-file PATH
     python storage_worker.py DB --crash-rater NAME --claim-first 4
 
+DB is a SQLite file path or any SQLAlchemy URL (the tests pass ``postgresql+psycopg://...`` too).
 Every line on stdout is printed *after* its transaction committed (``RATED sample rater score``,
 ``CLAIMED batch sample,sample,...``, ``TRAINED batch``), so the parent knows what must be in the database.
 """
@@ -110,7 +111,7 @@ def crash_rater(db: Database, name: str, claim_first: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("db")
+    parser.add_argument("db", help="a SQLite file path or a SQLAlchemy URL")
     parser.add_argument("--raters", default="")
     parser.add_argument("--claimer")
     parser.add_argument("--claimers", type=int, default=1)

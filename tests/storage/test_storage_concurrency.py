@@ -1,6 +1,6 @@
 """Concurrency: rater threads here, and two processes each with rater threads and two claimer threads, all at
 once; afterwards every scored sample is in exactly one trained batch and every rating reported committed is
-stored, once."""
+stored, once. On SQLite (one writer at a time) and on PostgreSQL (READ COMMITTED, row locks, many writers)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ class Reader(threading.Thread):
                 self.raters_done.set()
 
 
-def _spawn(db_path: Path, raters: str, claimer: str, stop_file: Path) -> Reader:
-    cmd = [sys.executable, str(WORKER), str(db_path), "--raters", raters, "--claimer", claimer]
+def _spawn(db_url: str, raters: str, claimer: str, stop_file: Path) -> Reader:
+    cmd = [sys.executable, str(WORKER), db_url, "--raters", raters, "--claimer", claimer]
     cmd += ["--claimers", "2", "--batch-size", "4", "--stop-file", str(stop_file)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     reader = Reader(proc)
@@ -67,9 +67,8 @@ def _rate_locally(db: Database, raters: list[str], lines: list[str]) -> list[thr
 
 def test_threads_and_two_processes_rate_and_claim_exactly_once(db: Database, tmp_path: Path) -> None:
     _seed(db, 120)
-    db_path = Path(db.url.removeprefix("sqlite:///"))
     stop_file = tmp_path / "stop"
-    readers = [_spawn(db_path, "pA1,pA2", "proc-a", stop_file), _spawn(db_path, "pB1,pB2", "proc-b", stop_file)]
+    readers = [_spawn(db.url, "pA1,pA2", "proc-a", stop_file), _spawn(db.url, "pB1,pB2", "proc-b", stop_file)]
     for r in readers:  # start together, so the processes really race the threads
         assert r.ready.wait(60)
     local_lines: list[str] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from storage.schema import Base
 STORAGE_DIR = Path(storage.__file__).resolve().parent
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_sqlite_connections_get_wal_foreign_keys_and_busy_timeout(db: Database) -> None:
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -52,6 +54,7 @@ def test_in_memory_sqlite_is_refused(url: str) -> None:
         storage.open_database(url)
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_write_transactions_take_the_write_lock_at_begin(db: Database) -> None:
     """BEGIN IMMEDIATE: a second writer waits for the first instead of failing halfway through."""
     seed(db, prompts=1, samples_per_prompt=1)
@@ -87,6 +90,58 @@ def test_read_sessions_do_not_block_writers(db: Database) -> None:
         assert storage.counts(reader).ratings == 0  # the reader keeps its snapshot
     with db.read_session_factory.begin() as reader:
         assert storage.counts(reader).ratings == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+@pytest.mark.parametrize("durable", [True, False])
+def test_postgresql_sessions_get_a_lock_timeout_and_the_durability_asked_for(db_url: str, durable: bool) -> None:
+    with storage.open_database(db_url, durable=durable, busy_timeout_s=7) as db, db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "7s"
+        assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == ("on" if durable else "off")
+        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_postgresql_writer_waits_on_a_row_lock_no_longer_than_the_busy_timeout(db_url: str) -> None:
+    with storage.open_database(db_url, busy_timeout_s=0.3) as db:
+        alice = rater(db, "alice")
+        with db.session_factory.begin() as holder:
+            storage.set_rater_role(holder, alice, "admin")
+            holder.flush()  # the UPDATE: holds alice's row lock until the end of this block
+            started = time.monotonic()
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"), db.session_factory.begin() as s:
+                storage.set_rater_role(s, alice, "admin")  # a change from what it reads (committed: "rater")
+            assert 0.25 < time.monotonic() - started < 5
+        with db.read_session_factory.begin() as s:
+            assert storage.get_rater(s, alice).role == "admin"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_postgresql_read_sessions_refuse_writes(db: Database) -> None:
+    with pytest.raises(sa.exc.InternalError, match="read-only transaction"), db.read_session_factory.begin() as s:
+        storage.get_or_create_rater(s, "alice")
+
+
+def test_threads_opening_a_new_database_at_once_create_it_once(db_url: str) -> None:
+    """Four connections find an empty database together (processes starting at once): each opens it, none fails
+    creating the tables."""
+    start, errors = threading.Barrier(4), []
+
+    def open_it() -> None:
+        start.wait(10)
+        try:
+            storage.open_database(db_url).close()
+        except Exception as err:  # shown in the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with storage.open_database(db_url) as db, db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
 
 
 def test_schema_compiles_for_postgresql() -> None:
