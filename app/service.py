@@ -172,7 +172,9 @@ class FeedbackService:
         if self.generator.fatal is not None or (self._started and not self.generator.alive):
             return f"The generator has stopped ({self.generator.fatal or 'shutting down'}); no new responses."
         g = self.generator.status
-        return f"Generating responses with version {g.version}... {g.ready} of {g.target} ready"
+        return (
+            f"Nothing for you to rate right now: model v{g.version} is writing new responses (this page updates itself)"
+        )
 
     def _wake(self) -> None:
         for worker in self._workers:

@@ -40,7 +40,7 @@ class NextResult:
     assignment: Assignment | None
     """None when the buffer is empty."""
     waiting: str | None
-    """When assignment is None: e.g. "Generating responses... 3 of 8 ready"."""
+    """When assignment is None: e.g. "Nothing for you to rate right now: model v2 is writing new responses"."""
     progress: Progress
     notice: str | None
     """e.g. "Rating saved", "Undone", an error message."""

@@ -58,9 +58,10 @@ def version_badge(version: int | None) -> str:
 
 
 def status_text(notice: str | None, waiting: str | None) -> str:
-    """The one-line banner above the response: the service's notice, or why there is nothing to rate."""
-    parts = [f"**{plain(waiting)}**" if waiting else "", plain(notice) if notice else ""]
-    return " · ".join(p for p in parts if p) or "&nbsp;"
+    """The banner above the response: the service's notice ("Rating saved") on its own line, then why there is
+    nothing to rate, if so."""
+    lines = [plain(notice) if notice else "", f"**{plain(waiting)}**" if waiting else ""]
+    return "  \n".join(line for line in lines if line) or "&nbsp;"
 
 
 def dashboard_text(d: Dashboard) -> str:
@@ -99,7 +100,8 @@ def steps_caption(points: list[HistoryPoint]) -> str:
         return "No PPO steps yet."
     last = points[-1]
     values = " · ".join(f"{title.lower()} {getattr(last, m):.4g}" for m, title in PLOT_METRICS.items())
-    return f"{len(points)} PPO steps · latest version v{last.version}: {values}"
+    steps = f"{len(points)} PPO step{'' if len(points) == 1 else 's'}"
+    return f"{steps} · latest version v{last.version}: {values}"
 
 
 def recent_rows(rows: list[RatingRow], width: int = 160) -> list[list[str | float | int]]:

@@ -7,6 +7,7 @@ When the prefetch buffer is empty the page says so and a 1 s timer polls ``next_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,14 +41,20 @@ class RateTab:
     progress: gr.Markdown
     undo: gr.Button
     poll: gr.Timer
+    slider: gr.Slider
+    controls: list[gr.Button]
+    """The score buttons, submit and skip: usable only while a response is shown."""
     load_next: Callable[..., tuple[Any, ...]] | None = None
     """Shows the rater's current or next sample; the page chains it after sign-in."""
 
     @property
     def outputs(self) -> list[Any]:
-        return [self.sample, self.prompt, self.response, self.version, self.status, self.progress, self.undo, self.poll]
+        shown = [self.sample, self.prompt, self.response, self.version, self.status, self.progress]
+        return [*shown, self.undo, self.poll, self.slider, *self.controls]
 
-    def show(self, r: NextResult) -> tuple[Any, ...]:
+    def show(self, r: NextResult, middle: float) -> tuple[Any, ...]:
+        """Every new response starts with the slider in the middle (Enter never resends the last score) and
+        the score buttons disabled while there is nothing to rate."""
         a = r.assignment
         label = "Response" if a is None else f"Response · model v{a.policy_version}"
         return (
@@ -59,6 +66,8 @@ class RateTab:
             progress_text(r.progress),
             gr.Button(interactive=r.progress.can_undo),
             gr.Timer(active=a is None),
+            middle,
+            *(gr.Button(interactive=a is not None) for _ in self.controls),
         )
 
 
@@ -87,8 +96,10 @@ def build_rate_tab(service: Service, rater: gr.State) -> RateTab:
     gr.HTML(KEY_HINT)
     with gr.Accordion("Rating guidelines (g)", open=False, elem_id="guidelines"):
         gr.Markdown(service.guidelines())
-    tab = RateTab(gr.State(None), prompt, response, version, status, progress, undo, gr.Timer(1.0, active=False))
-    tab.load_next = _wire(service, tab, rater, quick_scores(lo, hi), quick, slider, submit, skip)
+    controls = [*quick, submit, skip]
+    poll = gr.Timer(1.0, active=False)
+    tab = RateTab(gr.State(None), prompt, response, version, status, progress, undo, poll, slider, controls)
+    tab.load_next = _wire(service, tab, rater, quick_scores(lo, hi), quick, slider, submit, skip, (lo + hi) / 2)
     return tab
 
 
@@ -101,16 +112,18 @@ def _wire(
     slider: gr.Slider,
     submit: gr.Button,
     skip: gr.Button,
+    middle: float,
 ) -> Callable[..., tuple[Any, ...]]:
     """Wire the rating events; returns the "show my next sample" handler for the page to chain after sign-in."""
     n = len(tab.outputs)
+    show = functools.partial(tab.show, middle=middle)
 
     def rater_of(r: RaterView | None, request: gr.Request) -> int:
         """The signed-in rater this request may act as (with --auth: the logged-in user only)."""
         return service.signed_in(caller_of(request), need(r, SIGN_IN)).id
 
     def rate(r: RaterView | None, sample_id: int | None, score: float, request: gr.Request) -> tuple[Any, ...]:
-        return tab.show(service.rate(rater_of(r, request), need(sample_id, NOTHING), float(score)))
+        return show(service.rate(rater_of(r, request), need(sample_id, NOTHING), float(score)))
 
     @shown(n)
     def on_rate(r: RaterView | None, sample_id: int | None, score: float, request: gr.Request) -> tuple[Any, ...]:
@@ -125,17 +138,17 @@ def _wire(
 
     @shown(n)
     def on_skip(r: RaterView | None, sample_id: int | None, request: gr.Request) -> tuple[Any, ...]:
-        return tab.show(service.skip(rater_of(r, request), need(sample_id, NOTHING)))
+        return show(service.skip(rater_of(r, request), need(sample_id, NOTHING)))
 
     @shown(n)
     def on_undo(r: RaterView | None, request: gr.Request) -> tuple[Any, ...]:
-        return tab.show(service.undo(rater_of(r, request)))
+        return show(service.undo(rater_of(r, request)))
 
     @shown(n)
     def on_next(r: RaterView | None, request: gr.Request) -> tuple[Any, ...]:
         if r is None:
             return tuple(gr.skip() for _ in range(n))
-        return tab.show(service.next_for(rater_of(r, request)))
+        return show(service.next_for(rater_of(r, request)))
 
     state = [rater, tab.sample]
     submit.click(on_rate, [*state, slider], tab.outputs, api_name="rate", **RATE_EVENTS)

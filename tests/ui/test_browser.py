@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import Dialog, Page, expect
 from transformers import AutoTokenizer
 
+from app.access import Caller
 from storage.engine import open_database
 from storage.prompts import prompts_for_generation
 from storage.records import NewSample
@@ -57,6 +58,10 @@ def sign_in(page: Page, live: LiveApp, name: str, admin_link: bool = False) -> N
     expect(page.locator("#response textarea")).not_to_have_value("")
 
 
+def admin_caller(live: LiveApp) -> Caller:
+    return Caller(admin_token=ADMIN_TOKEN)
+
+
 def rated(page: Page, n: int) -> None:
     expect(page.locator("#progress")).to_contain_text(f"{n} rated")
 
@@ -88,7 +93,7 @@ def test_rate_a_batch_by_click_and_keyboard(live: LiveApp, page: Page, dialogs: 
     page.get_by_role("tab", name="Watch").click()
     expect(page.locator("#dash-status")).to_contain_text("Model v1", timeout=60_000)
     expect(page.locator("#plot-mean_score .mark-symbol path")).to_have_count(1, timeout=30_000)
-    expect(page.locator("#steps-count")).to_contain_text("1 PPO steps")
+    expect(page.locator("#steps-count")).to_contain_text("1 PPO step ·")
     page.screenshot(path=screenshots / "watch-rater.png", full_page=True)
 
     page.reload()  # gr.State is gone; the name comes back from localStorage, the progress from the database
@@ -194,3 +199,32 @@ def test_the_name_admin_gives_no_controls_and_the_admin_link_does(live: LiveApp,
     assert live.service.dashboard().training == "paused"
     page.reload()  # the token is remembered by this browser, not by the address bar
     expect(page.locator("#rater-badge")).to_contain_text("· admin")
+
+
+def test_each_response_starts_with_the_slider_in_the_middle(live: LiveApp, page: Page) -> None:
+    sign_in(page, live, "erin")
+    slider = page.locator("#exact-score input[type=number]")
+    slider.fill("0.8")
+    slider.press("Tab")
+    first = page.locator("#response textarea").input_value()
+    page.click("#submit-btn")
+    rated(page, 1)
+    expect(page.locator("#response textarea")).not_to_have_value(first)
+    expect(slider).to_have_value("0")  # Enter on the next response does not resend 0.8
+    assert [r.score for r in live.service.recent_ratings(5)] == [0.8]
+
+
+def test_score_buttons_are_disabled_while_nothing_can_be_rated(live: LiveApp, page: Page) -> None:
+    live.service.set_paused(admin_caller(live), True)
+    live.wait_for(lambda d: d.buffer_ready >= d.buffer_target, what="a full buffer")
+    sign_in(page, live, "frank")
+    for _ in range(3 * live.settings.buffer_target):  # skip everything there is
+        if page.locator("#skip-btn").is_disabled():
+            break
+        page.click("#skip-btn")
+        page.wait_for_timeout(150)
+    for button in ("#q1", "#q5", "#submit-btn", "#skip-btn"):
+        expect(page.locator(button)).to_be_disabled()
+    expect(page.locator("#status-line")).to_contain_text("Nothing for you to rate right now")
+    page.keyboard.press("3")  # the shortcut of a disabled button does nothing
+    assert [r for r in live.service.recent_ratings(5) if r.rater == "frank"] == []

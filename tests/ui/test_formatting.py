@@ -37,12 +37,15 @@ def test_names_and_notices_in_markdown_slots_are_escaped() -> None:
 
 def test_an_empty_buffer_says_so_and_polls_instead_of_freezing() -> None:
     with gr.Blocks():
+        controls = [gr.Button(), gr.Button()]
         tab = RateTab(gr.State(), gr.Textbox(), gr.Textbox(), gr.Markdown(), gr.Markdown(), gr.Markdown(),
-                      gr.Button(), gr.Timer(active=False))  # fmt: skip
-    waiting = "Generating responses with version 2... 3 of 8 ready"
-    sample, prompt, response, version, status, progress, undo, poll = tab.show(
-        NextResult(None, waiting, Progress(rated=5, skipped=1, can_undo=True), "Rating saved")
+                      gr.Button(), gr.Timer(active=False), gr.Slider(), controls)  # fmt: skip
+    waiting = "Nothing for you to rate right now: model v2 is writing new responses"
+    sample, prompt, response, version, status, progress, undo, poll, slider, *buttons = tab.show(
+        NextResult(None, waiting, Progress(rated=5, skipped=1, can_undo=True), "Rating saved"), middle=0.0
     )
+    assert slider == 0.0 and len(buttons) == 2 and all(b.interactive is False for b in buttons)
+    assert status.index("Rating saved") < status.index("\n") < status.index(waiting), "two lines, notice first"
     assert sample is None and prompt == "" and response.value == "" and response.placeholder == waiting
     assert waiting in status and "Rating saved" in status
     assert poll.active is True, "the 1 s poll runs while nothing is ready"
