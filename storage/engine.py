@@ -130,8 +130,8 @@ def install_postgresql_schema_lock(engine: Engine) -> None:
 def postgresql_options(url: URL, *, busy_timeout_s: float, durable: bool) -> dict[str, Any]:
     """libpq connect arguments giving PostgreSQL sessions the SQLite settings' counterparts (module docstring).
     Options given in the URL (``?options=-csearch_path%3Dmine``) are kept and come last, so they win."""
-    if url.get_backend_name() != "postgresql":
-        return {}
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() not in ("psycopg", "psycopg2"):
+        return {}  # libpq's `options` is for the libpq drivers; others keep the server's settings
     # Both ways explicitly, as on SQLite: durable means durable whatever the server's default.
     settings = [f"-c lock_timeout={int(busy_timeout_s * 1000)}", f"-c synchronous_commit={'on' if durable else 'off'}"]
     given = url.query.get("options")
