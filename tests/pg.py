@@ -8,6 +8,7 @@ root, initdb and the server run as the ``postgres`` system user (``runuser``): P
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import shutil
@@ -100,9 +101,13 @@ class PostgresCluster:
         except BaseException:
             cluster.remove()
             raise
+        atexit.register(cluster.stop)  # also when the session ends without its fixture's teardown (a crash, ^C^C)
         return cluster
 
     def stop(self) -> None:
+        """Stop the server and remove its dir; a no-op the second time."""
+        if not self.data_dir.exists():
+            return
         try:
             self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data_dir))
         finally:
