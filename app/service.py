@@ -29,15 +29,16 @@ from app.views import (
     RaterView,
     RatingRow,
 )
-from storage.batches import release_all_claims
+from storage.batches import list_batches, release_all_claims, requeue_failed_batch
 from storage.dashboard import counts
-from storage.errors import AlreadyRated, RatingLocked
+from storage.errors import AlreadyRated, BatchStateError, RatingLocked
 from storage.export import export_jsonl, export_parquet, pairwise_dataset
 from storage.history import training_history
 from storage.quarantine import count_quarantined
 from storage.raters import get_or_create_rater, set_rater_role
 from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
 from storage.samples import count_unrated_unleased, next_sample_for_rater, offer_sample, skip_sample
+from storage.schema import BATCH_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,21 @@ class FeedbackService:
             self.trainer.paused.clear()
         self.trainer.wake.set()
         log.info("training %s by an admin (%s)", "paused" if paused else "resumed", caller.username or "token")
+
+    def requeue_failed(self, caller: Caller) -> int:
+        """Admin only: give every batch that failed for good (a data error) another chance; how many."""
+        self.access.require_admin(caller)
+        requeued: list[int] = []
+        with self.db.session_factory.begin() as s:
+            for batch in list_batches(s, status=BATCH_FAILED, limit=10_000):
+                try:
+                    requeued.append(requeue_failed_batch(s, batch.id).id)
+                except BatchStateError:  # holds no samples any more: nothing to train
+                    continue
+        if requeued:
+            log.info("an admin requeued failed batches %s", requeued)
+            self.trainer.wake.set()
+        return len(requeued)
 
     def reward_choices(self) -> tuple[str, ...]:
         """The reward sources the operator configured; the only ones an admin can switch to."""

@@ -58,8 +58,9 @@ class AppSettings:
     """Initial KL penalty coefficient (adaptive controller)."""
     max_staleness: int = 2
     """Samples generated more than this many versions ago are never trained."""
-    checkpoint_every: int = 10
-    """Save a checkpoint every N steps (and on shutdown)."""
+    checkpoint_every: int = 5
+    """Save a checkpoint every N steps (and on shutdown). A crash costs at most these steps' compute, never a
+    rating: their batches are trained again (bench/checkpoint.py: a SmolLM2 checkpoint costs 6-16% of a step)."""
     keep_checkpoints: int = 3
     """Checkpoint folders kept (the newest); older ones are deleted."""
     seed: int = 0

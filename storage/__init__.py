@@ -17,6 +17,8 @@ from storage.batches import (
     mark_stale,
     release_all_claims,
     release_expired_claims,
+    requeue_failed_batch,
+    return_batch,
 )
 from storage.dashboard import counts
 from storage.engine import Database, create_storage_engine, database_url, open_database
@@ -38,7 +40,16 @@ from storage.errors import (
     UnknownSample,
 )
 from storage.export import export_jsonl, export_parquet, iter_ratings, pairwise_dataset, to_dataset
-from storage.history import latest_checkpoint, list_checkpoints, record_checkpoint, training_history
+from storage.history import (
+    forget_checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    list_lost_steps,
+    newest_version,
+    record_checkpoint,
+    retire_steps_after,
+    training_history,
+)
 from storage.prompts import (
     add_prompts,
     add_prompts_from_dataset,
@@ -67,6 +78,7 @@ from storage.records import (
     CheckpointRecord,
     ClaimedBatch,
     Counts,
+    LostStepRecord,
     NewSample,
     PromptImport,
     PromptRecord,
@@ -107,6 +119,7 @@ __all__ = [
     "InvalidSample",
     "InvalidScore",
     "InvalidStep",
+    "LostStepRecord",
     "NewSample",
     "PromptImport",
     "PromptRecord",
@@ -140,6 +153,7 @@ __all__ = [
     "export_parquet",
     "fail_batch",
     "finish_batch",
+    "forget_checkpoints",
     "get_batch",
     "get_or_create_model_rater",
     "get_or_create_rater",
@@ -149,8 +163,10 @@ __all__ = [
     "latest_checkpoint",
     "list_batches",
     "list_checkpoints",
+    "list_lost_steps",
     "list_raters",
     "mark_stale",
+    "newest_version",
     "next_sample_for_rater",
     "offer_sample",
     "open_database",
@@ -165,6 +181,9 @@ __all__ = [
     "record_rating",
     "release_all_claims",
     "release_expired_claims",
+    "requeue_failed_batch",
+    "retire_steps_after",
+    "return_batch",
     "samples_needing_auto_score",
     "set_rater_role",
     "skip_sample",

@@ -42,6 +42,7 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
             start = gr.Button("▶ Start training", variant="primary", elem_id="start-btn")
             pause = gr.Button("Pause training", variant="stop", elem_id="pause-btn")
             save = gr.Button("Save checkpoint", elem_id="save-btn")
+            requeue = gr.Button("Retry failed batches", elem_id="requeue-btn")
         with gr.Row():
             source = gr.Dropdown(
                 choices, value=choices[0], label="Reward source", info="the sources set with --reward-choices", scale=4
@@ -79,6 +80,13 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
         except Exception as e:
             return refused(e, "save_checkpoint")
 
+    def on_requeue(token: str, request: gr.Request) -> str:
+        try:
+            n = service.requeue_failed(caller_of(request, token))
+            return f"{n} failed batch{'' if n == 1 else 'es'} back in the training queue."
+        except Exception as e:
+            return refused(e, "requeue_failed")
+
     @shown(1)
     def on_export(fmt: str, token: str, request: gr.Request) -> gr.File:
         return gr.File(value=service.export(caller_of(request, token), fmt), visible=True)
@@ -90,6 +98,7 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
     pause.click(on_pause, [token], message, api_name="pause_training", **ADMIN_EVENTS)
     apply.click(on_reward, [token, source], message, api_name="set_reward_source", **ADMIN_EVENTS)
     save.click(on_save, [token], message, api_name="save_checkpoint", **ADMIN_EVENTS)
+    requeue.click(on_requeue, [token], message, api_name="requeue_failed", **ADMIN_EVENTS)
     for fmt, button in export_buttons.items():
         button.click(
             _bound(on_export, fmt),

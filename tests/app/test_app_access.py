@@ -172,3 +172,27 @@ def test_two_tabs_of_one_rater_never_overwrite_a_rating_and_undo_never_steals(
     service.undo(alice.id)
     # while alice re-thinks, her lease holds: bob is never offered the same sample
     assert service.next_for(bob.id).assignment != service.next_for(alice.id).assignment
+
+
+def test_an_admin_can_give_failed_batches_another_chance(make_fake: Callable[..., FeedbackService]) -> None:
+    from storage.batches import claim_next_batch, fail_batch, get_batch
+
+    service = make_fake(admin_token=TOKEN)
+    add_fake_samples(service, 2)
+    alice = service.login("alice")
+    for _ in range(2):
+        shown = service.next_for(alice.id).assignment
+        assert shown is not None
+        service.rate(alice.id, shown.sample_id, 0.5)
+    with service.db.session_factory.begin() as s:
+        batch = claim_next_batch(s, 2, "trainer")
+        assert batch is not None
+        fail_batch(s, batch, "ValueError: a data error", retry=False)
+    with pytest.raises(AccessDenied):
+        service.requeue_failed(Caller(admin_token="nope"))
+    with service.db.read_session_factory.begin() as s:
+        assert get_batch(s, batch.batch_id).status == "failed"
+    assert service.requeue_failed(Caller(admin_token=TOKEN)) == 1
+    with service.db.read_session_factory.begin() as s:
+        assert get_batch(s, batch.batch_id).status == "pending"
+    assert service.requeue_failed(Caller(admin_token=TOKEN)) == 0

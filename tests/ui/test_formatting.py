@@ -53,9 +53,10 @@ def test_an_empty_buffer_says_so_and_polls_instead_of_freezing() -> None:
     assert undo.interactive is True
 
     a = Assignment(sample_id=7, prompt="Hi", response=MARKUP, policy_version=3)
-    sample, prompt, response, version, status, progress, undo, poll = tab.show(
-        NextResult(a, None, Progress(0, 0, False), None)
+    sample, prompt, response, version, status, progress, undo, poll, slider, *buttons = tab.show(
+        NextResult(a, None, Progress(0, 0, False), None), middle=0.0
     )
+    assert all(b.interactive is True for b in buttons), "a response to rate: the score buttons work"
     assert (sample, prompt, response.value) == (7, "Hi", MARKUP), "model output goes to a Textbox as is"
     assert "v3" in version and response.label == "Response · model v3"
     assert poll.active is False and undo.interactive is False
