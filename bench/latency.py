@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from playwright.sync_api import Page, sync_playwright
 
+from app.access import Caller
 from app.service import FeedbackService
 from app.ui.contract import Service
 from app.views import Dashboard
-from app.access import Caller
 from tests.ui.live_app import LiveApp, serve, tiny_model_folder, tiny_settings, write_prompts
 
 LOG = logging.getLogger("bench.latency")

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from app.generator import PromptEncoder, generate_samples, sampling_kwargs
 from app.bootstrap import build_service
+from app.generator import PromptEncoder, generate_samples, sampling_kwargs
 from app.service import FeedbackService
 from app.settings import AppSettings
 from ppo_core.generation import left_pad
@@ -217,12 +217,13 @@ def main(argv: list[str] | None = None) -> None:
         service = build_service(settings_for(args, Path(tmp)))
         with service.db.read_session_factory.begin() as s:
             prompts = prompts_for_generation(s, args.batch)
+        runtime = service.generator.runtime
         result: dict[str, Any] = {
             "model": args.model,
             "batch": args.batch,
             "max_new_tokens": args.max_new_tokens,
-            "device": str(service.generator.runtime.device),
-            "threads": {"generator": service.generator.runtime.gen_threads, "trainer": service.generator.runtime.train_threads},
+            "device": str(runtime.device),
+            "threads": {"generator": runtime.gen_threads, "trainer": runtime.train_threads},
         }
         result.update(generation(service, prompts, args.repeats))
         splits = [tuple(int(x) for x in item.split(":")) for item in args.splits.split(",") if item]
