@@ -19,6 +19,7 @@ from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
 from app.settings import AppSettings
+from app.staleness import StalenessWindow
 from app.startup import first_line, import_prompts, open_store, resume_version
 from app.trainer_worker import TrainerWorker
 from app.worker import ErrorLog
@@ -43,10 +44,12 @@ def build_service(settings: AppSettings) -> FeedbackService:
     except BaseException:
         db.close()
         raise
+    loaded = resume.state.version if resume else 0
+    window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
     trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
     publisher = PolicyPublisher(version, copy_state(trainer_model))
     generator = GeneratorWorker(
-        db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors
+        db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
     )
     trainer = TrainerWorker(
         db,
@@ -57,9 +60,10 @@ def build_service(settings: AppSettings) -> FeedbackService:
         errors,
         rewards.use_auto_scores,
         resume.state.version if resume else None,
+        window,
     )
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
-    parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker)
+    parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window)
     log.info("service ready: model %s at version %d on %s", settings.model, version, runtime.device)
     return FeedbackService(settings, parts)

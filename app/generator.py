@@ -24,6 +24,7 @@ from app.errors import UserError
 from app.models import Runtime
 from app.policy import PolicyPublisher
 from app.settings import AppSettings
+from app.staleness import StalenessWindow
 from app.views import Comparison
 from app.worker import ErrorLog, Worker
 from ppo_core.generation import generate_batch
@@ -159,6 +160,7 @@ class GeneratorWorker(Worker):
         settings: AppSettings,
         runtime: Runtime,
         errors: ErrorLog,
+        window: StalenessWindow | None = None,
     ) -> None:
         super().__init__(errors, settings.poll_seconds)
         self.db = db
@@ -170,7 +172,7 @@ class GeneratorWorker(Worker):
         self.kwargs = sampling_kwargs(settings)
         self.greedy_kwargs = {"do_sample": False, "max_new_tokens": settings.max_new_tokens}
         self.batch_size = settings.batch_size
-        self.max_staleness = settings.max_staleness
+        self.window = window or StalenessWindow(settings.max_staleness)
         self.encode = PromptEncoder(tokenizer, settings.max_prompt_tokens)
         version = publisher.version
         self.status = GeneratorStatus("starting", version, 0, settings.buffer_target, None, 0, 0, time.monotonic())
@@ -194,7 +196,7 @@ class GeneratorWorker(Worker):
         self.serve_requests()
         self.load_newest()
         with self.db.read_session_factory.begin() as s:
-            ready = count_unrated_unleased(s, min_policy_version=self.status.version - self.max_staleness)
+            ready = count_unrated_unleased(s, min_policy_version=self.window.floor(self.status.version))
         self.status = replace(self.status, ready=ready)
         wanted = min(self.status.target - ready, self.batch_size)
         if self._served_version < self.status.version:

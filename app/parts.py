@@ -13,6 +13,7 @@ from typing import Protocol
 
 from app.access import Access
 from app.reward_worker import RewardControl
+from app.staleness import StalenessWindow
 from app.startup import PromptSet
 from app.views import Comparison
 from app.worker import ErrorLog, ErrorRecord
@@ -94,3 +95,4 @@ class ServiceParts:
     generator: GeneratorPart
     trainer: TrainerPart
     reward_worker: RewardWorkerPart
+    window: StalenessWindow

@@ -62,6 +62,7 @@ class FeedbackService:
         self.generator = parts.generator
         self.trainer = parts.trainer
         self.reward_worker = parts.reward_worker
+        self.window = parts.window
         self._workers = (self.generator, self.trainer, self.reward_worker)
         self._history: list[HistoryPoint] = []
         self._history_last_id = 0
@@ -194,7 +195,7 @@ class FeedbackService:
         with self.db.read_session_factory.begin() as s:
             c = counts(s, use_auto_scores=reward.reward is not None)
             # counted here, not the generator's figure, which is only refreshed between its batches
-            ready = count_unrated_unleased(s, min_policy_version=version - self.settings.max_staleness)
+            ready = count_unrated_unleased(s, min_policy_version=self.window.floor(version))
             quarantined = count_quarantined(s, reward.source) if reward.reward is not None else 0
         numbers = {
             "prompts": c.prompts,

@@ -38,6 +38,7 @@ from app.models import Runtime
 from app.policy import PolicyPublisher, copy_state
 from app.recovery import recover_training
 from app.settings import AppSettings
+from app.staleness import StalenessWindow
 from app.step_faults import FailureTracker, pause_reason
 from app.worker import ErrorLog, Worker
 from ppo_core import PPOTrainer
@@ -129,6 +130,7 @@ class TrainerWorker(Worker):
         errors: ErrorLog,
         use_auto_scores: Callable[[], bool],
         checkpoint_version: int | None,
+        window: StalenessWindow | None = None,
     ) -> None:
         super().__init__(errors, settings.poll_seconds)
         self.db = db
@@ -137,6 +139,7 @@ class TrainerWorker(Worker):
         self.settings = settings
         self.runtime = runtime
         self.use_auto_scores = use_auto_scores
+        self.window = window or StalenessWindow(settings.max_staleness)
         self.paused = threading.Event()
         self.claimer = f"trainer@{socket.gethostname()}:{os.getpid()}"
         self.config_record = {**json_config(trainer.config.to_dict()), "max_staleness": settings.max_staleness}
@@ -204,7 +207,7 @@ class TrainerWorker(Worker):
                 s,
                 self.settings.batch_size,
                 self.claimer,
-                min_policy_version=max(0, version - self.settings.max_staleness),
+                min_policy_version=self.window.floor(version),
                 use_auto_scores=self.use_auto_scores(),
             )
 

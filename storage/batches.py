@@ -43,7 +43,6 @@ from storage.schema import (
     BATCH_PENDING,
     BATCH_RELEASED,
     BATCH_TRAINED,
-    LostStep,
     Prompt,
     Rating,
     Sample,
@@ -84,7 +83,8 @@ def claim_next_batch(
     released to the open pool instead (the batch size changed across a restart).
     Otherwise ``size`` open samples with a usable score (scoring.py) that no rater is looking at, newest
     policy version first; their training scores are frozen into the batch. With ``min_policy_version``,
-    open samples from older policies are marked stale first: never trained, ratings kept and exported.
+    open samples from older policies are marked stale first: never trained, ratings kept and exported. A pending
+    batch is never judged stale again (see ``_reclaim_pending``).
     """
     size = check_int(size, "size", minimum=1)
     claimer = check_text(claimer, "claimer", InvalidInput, max_chars=MAX_NAME_CHARS)
@@ -92,7 +92,7 @@ def claim_next_batch(
     now = resolve_now(now)
     if min_policy_version is not None:
         mark_stale(s, check_int(min_policy_version, "min_policy_version"))
-    batch_id = _reclaim_pending(s, size, claimer, min_policy_version, now)
+    batch_id = _reclaim_pending(s, size, claimer, now)
     if batch_id is None:
         batch_id = _claim_new(s, size, claimer, use_auto_scores, max_attempts, now)
     return None if batch_id is None else _claimed_batch(s, batch_id)
@@ -219,21 +219,19 @@ def list_batches(s: Session, *, status: str | None = None, limit: int = 100) -> 
     return [batch_record(b) for b in s.scalars(stmt)]
 
 
-def _reclaim_pending(s: Session, size: int, claimer: str, min_policy_version: int | None, now: datetime) -> int | None:
+def _reclaim_pending(s: Session, size: int, claimer: str, now: datetime) -> int | None:
+    """Take the oldest pending batch of this size; dissolve those of another size.
+
+    Staleness is judged once, when a batch is first formed: a batch back in pending (a failed attempt, a claim
+    a crash left, a step a crash lost) is trained whatever its age, because its stored behaviour log-probs
+    correct it. Judging it again would throw away ratings for time the trainer lost, not for anything the
+    raters did (a restart resumes under a fresh version number; a lost step is retrained first)."""
     pending = s.scalars(
         select(TrainingBatch).where(TrainingBatch.status == BATCH_PENDING).order_by(TrainingBatch.id)
     ).all()
     for row in pending:
         if row.size != size:
             _release_to_pool(s, row, size, now)
-            continue
-        oldest = s.scalar(select(func.min(Sample.policy_version)).where(Sample.batch_id == row.id))
-        # A batch whose step a crash lost (start-up recovery) is never stale: its behaviour log-probs correct it.
-        recovered = s.scalar(select(LostStep.id).where(LostStep.batch_id == row.id).limit(1)) is not None
-        too_old = min_policy_version is not None and oldest is not None and oldest < min_policy_version
-        if too_old and not recovered:
-            note = f"stale: holds policy version {oldest} < min_policy_version {min_policy_version}"
-            _try_transition(s, row, BATCH_FAILED, error=note, finished_at=now)
             continue
         token = str(uuid.uuid4())
         values = {"claimed_by": claimer, "claimed_at": now, "claim_token": token, "attempts": row.attempts + 1}

@@ -14,6 +14,7 @@ from app.parts import ServiceParts
 from app.reward_source import RewardControl
 from app.service import FeedbackService
 from app.settings import AppSettings
+from app.staleness import StalenessWindow
 from app.startup import import_prompts, open_store
 from app.views import Comparison
 from app.worker import ErrorLog, ErrorRecord
@@ -121,5 +122,6 @@ def fake_service(settings: AppSettings, **overrides: Any) -> FeedbackService:
         generator=FakeGenerator(),
         trainer=FakeTrainer(settings.checkpoint_dir),
         reward_worker=FakeRewardWorker(),
+        window=StalenessWindow(settings.max_staleness),
     )
     return FeedbackService(settings, parts)

@@ -64,3 +64,16 @@ def test_too_old_samples_are_never_trained_and_in_window_ones_use_their_behaviou
     assert batch_of(service, d) is None and d in stale_samples(service)
     assert [x.status for x in batches(service)] == ["trained"] * 3
     assert service.dashboard().counts["stale"] >= 1
+
+
+def test_the_window_counts_training_steps_not_the_version_numbers_a_crash_skipped() -> None:
+    from app.staleness import StalenessWindow
+
+    plain = StalenessWindow(2)
+    assert [plain.floor(v) for v in (0, 1, 2, 3, 7)] == [0, 0, 0, 1, 5]
+    # checkpoint v10 resumed as v13 (steps 11 and 12 lost): at v13 the weights are v10's
+    crash = StalenessWindow(2, checkpoint_version=10, resumed_as=13)
+    assert crash.floor(13) == 8, "as fresh as at v10: v8 and newer (and the lost v11, v12) still train"
+    assert crash.floor(14) == 9 and crash.floor(15) == 10
+    assert crash.floor(16) == 14, "three steps after the restart, the lost versions are 3 steps away: stale"
+    assert StalenessWindow(2, checkpoint_version=10, resumed_as=10).floor(13) == 11, "no gap, no change"
