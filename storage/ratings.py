@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from storage.conversions import rating_record
 from storage.errors import AlreadyRated, InvalidInput, RatingLocked, UnknownSample
-from storage.queries import check_seconds, is_open, rated_by, resolve_now, skipped_by
+from storage.queries import check_seconds, is_open, rated_by, resolve_now, rowcount, skipped_by
 from storage.raters import expected_source, load_rater
 from storage.records import RaterProgress, RatingRecord, RecentRating
 from storage.samples import DEFAULT_LEASE_SECONDS, release_other_leases
@@ -104,16 +104,21 @@ def undo_last_rating(
     rater = load_rater(s, rater_id)
     lease = check_seconds(lease_seconds, "lease_seconds")
     now = resolve_now(now)
-    rating = s.scalars(_last_rating(rater.id)).first()
-    if rating is None:
+    for _ in range(10):  # a second tab's undo may take our pick while we wait for its sample's lock
+        rating = s.scalars(_last_rating(rater.id).execution_options(populate_existing=True)).first()
+        if rating is None:
+            return None
+        sample = _load_sample_for_update(s, rating.sample_id)
+        if sample.batch_id is not None:
+            raise RatingLocked(f"sample {sample.id} is already in training batch {sample.batch_id}; cannot undo")
+        deleted = s.execute(delete(Rating).where(Rating.id == rating.id).execution_options(synchronize_session=False))
+        s.expunge(rating)
+        if rowcount(deleted) == 1:
+            break
+    else:
         return None
-    sample = _load_sample_for_update(s, rating.sample_id)
-    if sample.batch_id is not None:
-        raise RatingLocked(f"sample {sample.id} is already in training batch {sample.batch_id}; cannot undo")
     record = rating_record(rating, rater.name)
     s.add(_history(rating, "undo", None, now))
-    s.execute(delete(Rating).where(Rating.id == rating.id).execution_options(synchronize_session=False))
-    s.expunge(rating)
     _bump_counter(s, sample.id, rating.source, -1)
     free = sample.lease_rater_id in (None, rater.id) or (
         sample.lease_expires_at is not None and sample.lease_expires_at <= now

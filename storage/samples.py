@@ -193,7 +193,8 @@ def skip_sample(s: Session, rater_id: int, sample_id: int) -> None:
     """Never show this sample to this rater again; ends their lease on it. Idempotent."""
     rater = load_rater(s, rater_id)
     sample = load_sample(s, sample_id)
-    if s.get(Skip, (rater.id, sample.id)) is None:
+    s.refresh(sample, with_for_update=True)  # two tabs skipping it at once: the second waits here
+    if s.get(Skip, (rater.id, sample.id), populate_existing=True) is None:
         s.add(Skip(rater_id=rater.id, sample_id=sample.id, created_at=utcnow()))
     if sample.lease_rater_id == rater.id:
         sample.lease_rater_id = None

@@ -20,10 +20,6 @@ from storage.schema import RatingHistory, Sample, Skip
 pytestmark = pytest.mark.slow
 
 
-def _on_postgresql_fails_until(fix: str) -> list[Any]:
-    return ["sqlite", pytest.param("postgresql", marks=pytest.mark.xfail(strict=True, reason=fix))]
-
-
 def _first_tab_holds_its_transaction(db: Database, action: Callable[[Any], object]) -> tuple[threading.Thread, list]:
     """Run ``action(session)`` in a thread and keep its transaction open (locks held) for 0.3 s after it."""
     done: list[object] = []
@@ -41,13 +37,6 @@ def _first_tab_holds_its_transaction(db: Database, action: Callable[[Any], objec
     return thread, done
 
 
-@pytest.mark.parametrize(
-    "backend",
-    _on_postgresql_fails_until(
-        "storage/samples.py skip_sample checks for the Skip row, then inserts it, without a lock: the second tab's "
-        "INSERT hits pk_skips (IntegrityError). Fix: load the sample with SELECT ... FOR UPDATE first"
-    ),
-)
 def test_two_tabs_skipping_the_same_sample_at_once_both_succeed(db: Database) -> None:
     _, (sid, _) = seed(db, prompts=1, samples_per_prompt=2)
     alice = rater(db, "alice")
@@ -61,14 +50,6 @@ def test_two_tabs_skipping_the_same_sample_at_once_both_succeed(db: Database) ->
         assert storage.next_sample_for_rater(s, alice).id != sid
 
 
-@pytest.mark.parametrize(
-    "backend",
-    _on_postgresql_fails_until(
-        "storage/ratings.py undo_last_rating picks the last rating before locking its sample; a second undo that "
-        "waited on the lock deletes nothing yet decrements human_n again and reports the same rating undone. "
-        "Fix: after the lock, check the DELETE's rowcount and pick the last rating again when it is 0"
-    ),
-)
 def test_two_tabs_undoing_at_once_undo_two_ratings_not_one_twice(db: Database) -> None:
     _, (s1, s2) = seed(db, prompts=1, samples_per_prompt=2)
     alice = rater(db, "alice")
