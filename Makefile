@@ -44,6 +44,9 @@ bench: $(STAMP)
 	$(PY) bench/storage.py --rows 1000000  # add --url postgresql+psycopg://... for a PostgreSQL database
 	$(PY) bench/publish.py
 	$(PY) bench/latency.py
+	$(PY) bench/checkpoint.py
+	$(PY) bench/load.py
+	$(PY) bench/crash.py
 
 bench-trl: $(STAMP)
 	$(PY) bench/vs_trl.py
