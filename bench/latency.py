@@ -37,7 +37,7 @@ from app.access import Caller
 from app.service import FeedbackService
 from app.ui.contract import Service
 from app.views import Dashboard
-from tests.ui.live_app import LiveApp, serve, tiny_model_folder, tiny_settings, write_prompts
+from tests.ui.live_app import ADMIN_TOKEN, LiveApp, serve, tiny_model_folder, tiny_settings, write_prompts
 
 LOG = logging.getLogger("bench.latency")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             LOG.info("app up in %.1f s at %s", time.monotonic() - started, live.url)
             browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(live.url)
+            page.goto(f"{live.url}?admin={ADMIN_TOKEN}")  # the admin link: the Watch tab shows the training controls
             page.locator("#name-box").locator("input, textarea").first.fill("admin")
             page.click("#login-btn")
             live.wait_for(lambda d: d.buffer_ready >= d.buffer_target, timeout=1800, what="a full prefetch buffer")
