@@ -8,24 +8,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from ppo_core.masked import masked_mean
+from ppo_core.masked import masked_mean, masked_sum
 
 
 @torch.no_grad()
 def objective_stats(
     logprobs: torch.Tensor,
     ref_logprobs: torch.Tensor,
+    kls: torch.Tensor,
     non_score_rewards: torch.Tensor,
     scores: torch.Tensor,
     mask: torch.Tensor,
     kl_coef: float,
 ) -> dict[str, Any]:
-    """`objective/*` and the reward statistics of a rollout; inputs `(B, R)` except `scores (B,)`."""
+    """`objective/*` and the reward statistics of a rollout; inputs `(B, R)` except `scores (B,)`.
+
+    As in TRL 0.11 (`record_step_stats`), `objective/kl` and `objective/kl_dist` sum the selected per-token penalty
+    `kls` (`kl_penalty`: `kl`, `abs`, `mse` or `full`) over each response; the adaptive controller reads
+    `objective/kl`. `objective/kl_estimate` (not in TRL) is the same with the plain `logprob - ref_logprob`.
+    """
     mask_f = mask.float()
-    kl_list = ((logprobs - ref_logprobs) * mask_f).sum(-1)  # (B,)
+    kl_list = masked_sum(kls.float(), mask, axis=-1)  # (B,)
     return {
         "objective/kl": kl_list.mean(),
         "objective/kl_dist": kl_list,
+        "objective/kl_estimate": masked_sum(logprobs - ref_logprobs, mask, axis=-1).mean(),
         "objective/logprobs": logprobs,
         "objective/ref_logprobs": ref_logprobs,
         "objective/kl_coef": kl_coef,

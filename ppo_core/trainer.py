@@ -18,7 +18,7 @@ from ppo_core.advantages import compute_advantages, compute_rewards
 from ppo_core.config import PPOConfig
 from ppo_core.data import Collator, make_dataloader
 from ppo_core.generation import generate_batch
-from ppo_core.kl import AdaptiveKLController, FixedKLController, kl_penalty_fn
+from ppo_core.kl import AdaptiveKLController, FixedKLController, token_kl
 from ppo_core.masked import logprobs_from_logits
 from ppo_core.modes import eval_mode, optimisation_mode
 from ppo_core.optimize import NonFiniteError, OptimSettings, OptimTargets, PolicyPass, run_ppo_epochs
@@ -111,7 +111,7 @@ class PPOTrainer:
             if config.adap_kl_ctrl
             else FixedKLController(config.init_kl_coef)
         )
-        self.kl_fn = kl_penalty_fn(config.kl_penalty)
+        self.token_kl = token_kl(config.kl_penalty)
         self.running = RunningMoments() if config.use_score_scaling else None
         self.current_device = self.accelerator.device
         self.current_step = 0
@@ -305,7 +305,7 @@ class PPOTrainer:
                 rollout.take_first_pass(),  # only the callee holds it: its (B, R, V) logits go after one use
             )
         with _timed(timing, "time/ppo/calc_stats"):
-            stats = objective_stats(logprobs, ref_logprobs, non_score, scores_t, mask, self.kl_ctl.value)
+            stats = objective_stats(logprobs, ref_logprobs, kls, non_score, scores_t, mask, self.kl_ctl.value)
             stats.update(aggregate_train_stats(train_stats))
             stats.update(token_stats(inputs.queries, inputs.responses))
             stats = to_numpy(stats)
@@ -324,7 +324,6 @@ class PPOTrainer:
         parts: list[tuple[torch.Tensor, ...]] = []
         first_pass: PolicyPass | None = None
         keep_graph = self._first_update_from_rollout(batch)
-        full = self.config.kl_penalty == "full"
         for start in range(0, batch.input_ids.shape[0], self.config.mini_batch_size):
             chunk = batch.select(
                 torch.arange(
@@ -342,29 +341,23 @@ class PPOTrainer:
             else:
                 with torch.no_grad(), eval_mode(self.model), self.accelerator.autocast():
                     logprobs, values, logits = policy_forward(self.model, chunk)
-            with torch.no_grad():  # only the exact KL needs the policy's distribution while the reference runs
-                full_policy = torch.log_softmax(logits.float(), -1) if full else None
+            with torch.no_grad():  # (b, R), or (b, R, V) for the exact KL: what the penalty needs of the policy
+                policy_input = self.token_kl.policy_input(logits, logprobs)
             del logits
-            ref_lp, kls = self._reference_and_kl(chunk, logprobs, full_policy)
-            del full_policy
+            ref_lp, kls = self._reference_and_kl(chunk, policy_input)
+            del policy_input
             parts.append((logprobs, ref_lp, values, kls))
         logprobs, ref_logprobs, values, kls = (torch.cat(p) for p in zip(*parts))
         return Rollout(logprobs, ref_logprobs, values, kls, first_pass)
 
     @torch.no_grad()
-    def _reference_and_kl(
-        self, chunk: PaddedBatch, logprobs: torch.Tensor, full_policy: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs and per-token KL of a chunk, `(b, R)`; `full_policy` `(b, R, V)`: the policy's
-        log-softmax, for the exact KL (`kl_penalty="full"`) only."""
+    def _reference_and_kl(self, chunk: PaddedBatch, policy_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs and per-token KL penalty of a chunk, `(b, R)`; `policy_input` is what the
+        penalty reads of the policy (`TokenKL.policy_input`)."""
         with self.accelerator.autocast(), self._reference() as ref:
-            ref_logits, _ = lm_window(ref.pretrained_model, chunk)
-        ref_lp = logprobs_from_logits(ref_logits, chunk.labels)
-        if full_policy is not None:
-            kls = self.kl_fn(full_policy, torch.log_softmax(ref_logits.float(), -1))
-        else:
-            kls = self.kl_fn(logprobs, ref_lp)
-        return ref_lp, kls
+            ref_logits, _ = lm_window(ref.pretrained_model, chunk)  # (b, R, V)
+        ref_lp = logprobs_from_logits(ref_logits, chunk.labels)  # (b, R)
+        return ref_lp, self.token_kl(policy_input, ref_logits, ref_lp)
 
     def _first_update_from_rollout(self, batch: PaddedBatch) -> bool:
         c = self.config
