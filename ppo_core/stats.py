@@ -43,11 +43,11 @@ def objective_stats(
     }
 
 
-def token_stats(queries: Sequence[torch.Tensor], responses: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """`tokens/*`: lengths of queries and responses."""
+def token_stats(query_lens: torch.Tensor, response_lens: torch.Tensor) -> dict[str, Any]:
+    """`tokens/*`: lengths `(B,)` of queries and responses."""
     stats: dict[str, Any] = {}
-    for name, seqs in (("queries", queries), ("responses", responses)):
-        lens = np.array([len(s) for s in seqs], dtype=np.float64)
+    for name, lens_t in (("queries", query_lens), ("responses", response_lens)):
+        lens = lens_t.cpu().double().numpy()
         stats[f"tokens/{name}_len_mean"] = float(lens.mean())
         stats[f"tokens/{name}_len_std"] = float(lens.std(ddof=1)) if len(lens) > 1 else 0.0
         stats[f"tokens/{name}_dist"] = lens

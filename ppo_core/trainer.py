@@ -15,13 +15,14 @@ from accelerate import Accelerator
 from torch import nn
 
 from ppo_core.advantages import compute_advantages, compute_rewards
+from ppo_core.collectives import Collectives, collectives_for
 from ppo_core.config import PPOConfig
 from ppo_core.data import Collator, make_dataloader
 from ppo_core.generation import generate_batch
 from ppo_core.kl import AdaptiveKLController, FixedKLController, token_kl
 from ppo_core.masked import logprobs_from_logits
 from ppo_core.modes import eval_mode, optimisation_mode
-from ppo_core.optimize import NonFiniteError, OptimSettings, OptimTargets, PolicyPass, run_ppo_epochs
+from ppo_core.optimize import Learner, NonFiniteError, OptimSettings, OptimTargets, PolicyPass, run_ppo_epochs
 from ppo_core.reference import create_reference_model
 from ppo_core.rollout import PaddedBatch, lm_window, pad_batch, policy_forward
 from ppo_core.scores import RunningMoments, scale_scores
@@ -114,6 +115,7 @@ class PPOTrainer:
         self.token_kl = token_kl(config.kl_penalty)
         self.running = RunningMoments() if config.use_score_scaling else None
         self.current_device = self.accelerator.device
+        self.collectives: Collectives = collectives_for(self.accelerator)
         self.current_step = 0
         self.tracker = self._make_tracker()
 
@@ -269,7 +271,13 @@ class PPOTrainer:
             self.current_device,
             self._vocab_size(),
         )
-        scores_t = scale_scores(inputs.scores, self.running, self.config.use_score_norm, self.config.score_clip)
+        scores_t = scale_scores(
+            inputs.scores,
+            self.running,
+            self.config.use_score_norm,
+            self.config.score_clip,
+            self.collectives.gather_rows(inputs.scores),  # (P * B,): the running moments see every process's
+        )
         batch = pad_batch(
             inputs.queries, inputs.responses, self.pad_token_id, self.current_device, inputs.response_masks
         )
@@ -281,10 +289,17 @@ class PPOTrainer:
             rewards, non_score = compute_rewards(scores_t, kls, mask, self.kl_ctl.value)
         with _timed(timing, "time/ppo/compute_advantages"):
             advantages, returns = compute_advantages(
-                rewards, values, mask, self.config.gamma, self.config.lam, self.config.whiten_rewards
+                rewards,
+                values,
+                mask,
+                self.config.gamma,
+                self.config.lam,
+                self.config.whiten_rewards,
+                self.collectives.sum,  # whitened with the global batch's mean and variance
             )
         weights = self._importance_weights(logprobs, inputs.behaviour_logprobs, mask)
         _require_finite(
+            self.collectives,
             mask,
             logprobs=logprobs,
             ref_logprobs=ref_logprobs,
@@ -295,9 +310,7 @@ class PPOTrainer:
         targets = OptimTargets(logprobs, values, advantages, returns, weights)
         with _timed(timing, "time/ppo/optimize_step"):
             train_stats = run_ppo_epochs(
-                self.model,
-                self.optimizer,
-                self.accelerator,
+                Learner(self.model, self.optimizer, self.accelerator, self.collectives),
                 batch,
                 targets,
                 self._optim_settings(),
@@ -305,9 +318,9 @@ class PPOTrainer:
                 rollout.take_first_pass(),  # only the callee holds it: its (B, R, V) logits go after one use
             )
         with _timed(timing, "time/ppo/calc_stats"):
-            stats = objective_stats(logprobs, ref_logprobs, kls, non_score, scores_t, mask, self.kl_ctl.value)
+            stats = self._global_objective_stats(logprobs, ref_logprobs, kls, non_score, scores_t, mask)
             stats.update(aggregate_train_stats(train_stats))
-            stats.update(token_stats(inputs.queries, inputs.responses))
+            stats.update(self._global_token_stats(inputs.queries, inputs.responses))
             stats = to_numpy(stats)
         stats["ppo/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
         self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
@@ -315,8 +328,29 @@ class PPOTrainer:
             self.lr_scheduler.step()
         self.current_step += 1
         timing["time/ppo/total"] = time.perf_counter() - t_start
-        stats.update(timing)
+        stats.update(_slowest(self.collectives, timing))
         return stats
+
+    def _global_objective_stats(
+        self,
+        logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor,
+        kls: torch.Tensor,
+        non_score: torch.Tensor,
+        scores: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> dict[str, Any]:
+        """`objective/*` over every process's rows: `(B, R_p)` tensors gathered as `(P * B, R)`."""
+        gather = self.collectives.gather_rows
+        per_token = torch.stack([logprobs, ref_logprobs, kls.float(), non_score, mask.float()], dim=-1)  # (B, R, 5)
+        every = gather(per_token)  # (P * B, R, 5)
+        lp, ref_lp, kl, ns, m = every.unbind(-1)
+        return objective_stats(lp, ref_lp, kl, ns, gather(scores), m.bool(), self.kl_ctl.value)
+
+    def _global_token_stats(self, queries: Sequence[torch.Tensor], responses: Sequence[torch.Tensor]) -> dict[str, Any]:
+        lengths = torch.tensor([[len(q), len(r)] for q, r in zip(queries, responses)], device=self.current_device)
+        every = self.collectives.gather_rows(lengths).cpu()  # (P * B, 2)
+        return token_stats(every[:, 0], every[:, 1])
 
     def _rollout(self, batch: PaddedBatch) -> Rollout:
         """Policy log-probs, reference log-probs, values and per-token KL `(B, R)`, in minibatch chunks; with
@@ -398,7 +432,8 @@ class PPOTrainer:
     ) -> None:
         """Log a step: always to Python logging, and to TensorBoard with `log_with="tensorboard"`."""
         logs = dict(stats)
-        logs.update(reward_stats(rewards))
+        scores = torch.stack([torch.as_tensor(r).float().reshape(()) for r in rewards])  # (B,)
+        logs.update(reward_stats(self.collectives.gather_rows(scores.to(self.current_device))))  # every process's
         if self.accelerator.is_main_process:
             log_summary(logs, self.current_step)
             if self.tracker is not None:
@@ -409,9 +444,13 @@ class PPOTrainer:
                     self.tracker.writer.add_text("game_log", text, self.current_step)
 
     def save_pretrained(self, save_directory: str) -> None:
-        """Save the policy with its value head, and the tokenizer, to `save_directory`."""
-        self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
-        self.tokenizer.save_pretrained(save_directory)
+        """Save the policy with its value head, and the tokenizer, to `save_directory`: once, by the main process,
+        when every process has reached this point (their weights are the same)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
+            self.tokenizer.save_pretrained(save_directory)
+        self.accelerator.wait_for_everyone()
 
 
 def _fused_adam_ok(params: list[torch.nn.Parameter]) -> bool:
@@ -419,10 +458,19 @@ def _fused_adam_ok(params: list[torch.nn.Parameter]) -> bool:
     return bool(params) and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
 
 
-def _require_finite(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
-    for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor[mask]).all()):
+def _require_finite(collectives: Collectives, mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """Refuse the step on every process when any process met a NaN/inf (none is left waiting for the others)."""
+    bad = torch.stack([~torch.isfinite(t[mask]).all() for t in tensors.values()]).float()  # (n,)
+    bad = collectives.sum(bad)
+    for name, flag in zip(tensors, bad.tolist()):
+        if flag > 0:
             raise NonFiniteError(f"{name} contains NaN/inf: step refused, the model is unchanged")
+
+
+def _slowest(collectives: Collectives, timing: dict[str, float]) -> dict[str, float]:
+    """Each duration as the slowest process's, so every process returns the same figures."""
+    slowest = collectives.max(torch.tensor(list(timing.values()), dtype=torch.float64))
+    return dict(zip(timing, slowest.tolist()))
 
 
 @contextlib.contextmanager
