@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import warnings
@@ -18,7 +19,7 @@ from ppo_core.advantages import compute_advantages, compute_rewards
 from ppo_core.collectives import Collectives, collectives_for
 from ppo_core.config import PPOConfig
 from ppo_core.data import Collator, make_dataloader
-from ppo_core.generation import generate_batch
+from ppo_core.generation import generate_responses
 from ppo_core.kl import AdaptiveKLController, FixedKLController, token_kl
 from ppo_core.masked import logprobs_from_logits
 from ppo_core.modes import eval_mode, optimisation_mode
@@ -27,7 +28,7 @@ from ppo_core.reference import create_reference_model
 from ppo_core.rollout import PaddedBatch, lm_window, pad_batch, policy_forward
 from ppo_core.scores import RunningMoments, scale_scores
 from ppo_core.seeding import set_seed
-from ppo_core.stats import aggregate_train_stats, objective_stats, to_numpy, token_stats
+from ppo_core.stats import aggregate_train_stats, global_objective_stats, global_token_stats, slowest, to_numpy
 from ppo_core.step_inputs import validate_step_inputs
 from ppo_core.tracking import TensorBoardTracker, log_summary, reward_stats
 from ppo_core.value_head import AutoModelForCausalLMWithValueHead
@@ -168,72 +169,27 @@ class PPOTrainer:
         remove_padding: bool = True,
         **generation_kwargs: Any,
     ) -> Any:
-        """Responses for one query tensor (returns `(1, L)`) or a list of 1-D query tensors (list of 1-D)."""
+        """Responses for one query tensor (returns `(1, L)`) or a list of 1-D query tensors (list of 1-D), generated
+        by this process alone (in a data-parallel run each process generates for its own queries)."""
         if generate_ref_response and self.ref_model is None and not self.is_peft_model:
             raise ValueError("no reference model to generate with")
-        policy = self._generate(
-            query_tensor,
-            self.model,
-            length_sampler,
-            batch_size,
-            return_prompt,
-            remove_padding,
-            generation_kwargs,
+        run = functools.partial(
+            generate_responses,
+            query=query_tensor,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            device=self.current_device,
+            length_sampler=length_sampler,
+            batch_size=batch_size,
+            return_prompt=return_prompt,
+            remove_padding=remove_padding,
+            generation_kwargs=generation_kwargs,
         )
+        policy = run(self.accelerator.unwrap_model(self.model))
         if not generate_ref_response:
             return policy
         with self._reference() as ref:
-            reference = self._generate(
-                query_tensor,
-                ref,
-                length_sampler,
-                batch_size,
-                return_prompt,
-                remove_padding,
-                generation_kwargs,
-            )
-        return policy, reference
-
-    def _generate(
-        self,
-        query: torch.Tensor | list[torch.Tensor],
-        model: Any,
-        length_sampler: Callable[[], int] | None,
-        batch_size: int | None,
-        return_prompt: bool,
-        remove_padding: bool,
-        generation_kwargs: dict[str, Any],
-    ) -> Any:
-        model = self.accelerator.unwrap_model(model)
-        if isinstance(query, torch.Tensor):
-            if query.dim() != 1:
-                raise ValueError(f"a single query must be a 1-D tensor, got shape {tuple(query.shape)}")
-            kwargs = dict(generation_kwargs)
-            if length_sampler is not None:
-                kwargs["max_new_tokens"] = length_sampler()
-            with eval_mode(model), torch.no_grad():
-                out = model.generate(input_ids=query.unsqueeze(0).to(self.current_device), **kwargs)
-            return out if return_prompt else out[:, len(query) :]
-        queries = list(query)
-        if not queries:
-            raise ValueError("generate needs at least one query")
-        size = batch_size or len(queries)
-        results: list[torch.Tensor] = []
-        for start in range(0, len(queries), size):
-            chunk = [q.to(self.current_device) for q in queries[start : start + size]]
-            out = generate_batch(
-                model,
-                chunk,
-                self.pad_token_id,
-                self.tokenizer.eos_token_id,
-                generation_kwargs,
-                return_prompt,
-                remove_padding,
-                False,
-                length_sampler,
-            )
-            results.extend(out.sequences)
-        return results
+            return policy, run(self.accelerator.unwrap_model(ref))
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -318,9 +274,11 @@ class PPOTrainer:
                 rollout.take_first_pass(),  # only the callee holds it: its (B, R, V) logits go after one use
             )
         with _timed(timing, "time/ppo/calc_stats"):
-            stats = self._global_objective_stats(logprobs, ref_logprobs, kls, non_score, scores_t, mask)
+            stats = global_objective_stats(
+                self.collectives, logprobs, ref_logprobs, kls, non_score, scores_t, mask, self.kl_ctl.value
+            )
             stats.update(aggregate_train_stats(train_stats))
-            stats.update(self._global_token_stats(inputs.queries, inputs.responses))
+            stats.update(global_token_stats(self.collectives, inputs.queries, inputs.responses))
             stats = to_numpy(stats)
         stats["ppo/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
         self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
@@ -328,29 +286,8 @@ class PPOTrainer:
             self.lr_scheduler.step()
         self.current_step += 1
         timing["time/ppo/total"] = time.perf_counter() - t_start
-        stats.update(_slowest(self.collectives, timing))
+        stats.update(slowest(self.collectives, timing))
         return stats
-
-    def _global_objective_stats(
-        self,
-        logprobs: torch.Tensor,
-        ref_logprobs: torch.Tensor,
-        kls: torch.Tensor,
-        non_score: torch.Tensor,
-        scores: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> dict[str, Any]:
-        """`objective/*` over every process's rows: `(B, R_p)` tensors gathered as `(P * B, R)`."""
-        gather = self.collectives.gather_rows
-        per_token = torch.stack([logprobs, ref_logprobs, kls.float(), non_score, mask.float()], dim=-1)  # (B, R, 5)
-        every = gather(per_token)  # (P * B, R, 5)
-        lp, ref_lp, kl, ns, m = every.unbind(-1)
-        return objective_stats(lp, ref_lp, kl, ns, gather(scores), m.bool(), self.kl_ctl.value)
-
-    def _global_token_stats(self, queries: Sequence[torch.Tensor], responses: Sequence[torch.Tensor]) -> dict[str, Any]:
-        lengths = torch.tensor([[len(q), len(r)] for q, r in zip(queries, responses)], device=self.current_device)
-        every = self.collectives.gather_rows(lengths).cpu()  # (P * B, 2)
-        return token_stats(every[:, 0], every[:, 1])
 
     def _rollout(self, batch: PaddedBatch) -> Rollout:
         """Policy log-probs, reference log-probs, values and per-token KL `(B, R)`, in minibatch chunks; with
@@ -465,12 +402,6 @@ def _require_finite(collectives: Collectives, mask: torch.Tensor, **tensors: tor
     for name, flag in zip(tensors, bad.tolist()):
         if flag > 0:
             raise NonFiniteError(f"{name} contains NaN/inf: step refused, the model is unchanged")
-
-
-def _slowest(collectives: Collectives, timing: dict[str, float]) -> dict[str, float]:
-    """Each duration as the slowest process's, so every process returns the same figures."""
-    slowest = collectives.max(torch.tensor(list(timing.values()), dtype=torch.float64))
-    return dict(zip(timing, slowest.tolist()))
 
 
 @contextlib.contextmanager
