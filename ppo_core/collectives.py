@@ -57,20 +57,21 @@ class ProcessGroup:
         self.num_processes = int(accelerator.num_processes)
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
+        return self._all_reduce(tensor, dist.ReduceOp.SUM)
 
     def max(self, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.detach().clone()
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
-        return out
+        return self._all_reduce(tensor, dist.ReduceOp.MAX)
 
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach().contiguous()
-        if tensor.dim() > 1:
-            tensor = pad_across_processes(tensor, dim=1, pad_index=0)
-        return self.accelerator.gather(tensor)
+        out = tensor.detach().to(self.accelerator.device).contiguous()  # NCCL only moves GPU tensors
+        if out.dim() > 1:
+            out = pad_across_processes(out, dim=1, pad_index=0)
+        return self.accelerator.gather(out).to(tensor.device)
+
+    def _all_reduce(self, tensor: torch.Tensor, op: Any) -> torch.Tensor:
+        out = tensor.detach().to(self.accelerator.device, copy=True)  # a copy: the input stays this process's
+        dist.all_reduce(out, op=op)
+        return out.to(tensor.device)
 
 
 def collectives_for(accelerator: Any) -> Collectives:
