@@ -19,6 +19,7 @@ from ppo_core.advantages import compute_advantages, compute_rewards
 from ppo_core.collectives import Collectives, collectives_for
 from ppo_core.config import PPOConfig
 from ppo_core.data import Collator, make_dataloader
+from ppo_core.device_cache import release_for
 from ppo_core.generation import generate_responses
 from ppo_core.kl import AdaptiveKLController, FixedKLController, token_kl
 from ppo_core.masked import logprobs_from_logits
@@ -118,6 +119,7 @@ class PPOTrainer:
         self.current_device = self.accelerator.device
         self.collectives: Collectives = collectives_for(self.accelerator)
         self.current_step = 0
+        self.release_device_cache = release_for(config.optimize_device_cache)
         self.tracker = self._make_tracker()
 
     # --------------------------------------------------------------------------------------------- set-up
@@ -148,7 +150,12 @@ class PPOTrainer:
         if self.config.log_with != "tensorboard" or not self.accelerator.is_main_process:
             return None
         logging_dir = self.config.project_kwargs.get("logging_dir", "runs")
-        return TensorBoardTracker(logging_dir, self.config.tracker_project_name, self.config.to_dict())
+        return TensorBoardTracker(
+            logging_dir,
+            self.config.tracker_project_name,
+            self.config.to_dict(),
+            self.config.tracker_kwargs.get("tensorboard", {}),
+        )
 
     def _vocab_size(self) -> int:
         return int(self.accelerator.unwrap_model(self.model).pretrained_model.get_input_embeddings().num_embeddings)
@@ -238,8 +245,10 @@ class PPOTrainer:
             inputs.queries, inputs.responses, self.pad_token_id, self.current_device, inputs.response_masks
         )
         mask = batch.response_mask
+        self.release_device_cache()  # what generation left behind
         with _timed(timing, "time/ppo/forward_pass"):
             rollout = self._rollout(batch)
+        self.release_device_cache()  # the chunks' logits
         logprobs, ref_logprobs, values, kls = rollout.tensors()
         with _timed(timing, "time/ppo/compute_rewards"):
             rewards, non_score = compute_rewards(scores_t, kls, mask, self.kl_ctl.value)
@@ -285,6 +294,7 @@ class PPOTrainer:
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.current_step += 1
+        self.release_device_cache()  # the optimisation's activations and gradients
         timing["time/ppo/total"] = time.perf_counter() - t_start
         stats.update(slowest(self.collectives, timing))
         return stats
