@@ -51,7 +51,11 @@ class PolicyPass:
     logits: torch.Tensor  # (B, R, V)
 
     def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.logprobs[index], self.values[index], self.logits[index]  # rows `index`, graph kept
+        """Rows `index`, graph kept. Every row in order returns the tensors themselves: indexing would copy the
+        `(B, R, V)` logits, and the copy and its backward would sit beside the original at the memory peak."""
+        if len(index) == len(self.logprobs) and bool((index == torch.arange(len(index), device=index.device)).all()):
+            return self.logprobs, self.values, self.logits
+        return self.logprobs[index], self.values[index], self.logits[index]
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,9 @@ def _backward_batch(
     stepped = False
     for start in range(0, len(inds), settings.mini_batch_size):
         mb_inds = inds[start : start + settings.mini_batch_size].to(batch.input_ids.device)  # (b,)
+        if first_pass is not None:
+            # the order of rows inside a minibatch changes no loss or statistic: take the rollout's order
+            mb_inds = mb_inds.sort().values
         mb_outputs = first_pass.select(mb_inds) if first_pass is not None else None
         first_pass = None
         mb_stats, contributed = _minibatch(learner, batch, targets, settings, mb_inds, n_tokens, mb_outputs)
