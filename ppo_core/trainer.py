@@ -250,18 +250,7 @@ class PPOTrainer:
             rollout = self._rollout(batch)
         self.release_device_cache()  # the chunks' logits
         logprobs, ref_logprobs, values, kls = rollout.tensors()
-        with _timed(timing, "time/ppo/compute_rewards"):
-            rewards, non_score = compute_rewards(scores_t, kls, mask, self.kl_ctl.value)
-        with _timed(timing, "time/ppo/compute_advantages"):
-            advantages, returns = compute_advantages(
-                rewards,
-                values,
-                mask,
-                self.config.gamma,
-                self.config.lam,
-                self.config.whiten_rewards,
-                self.collectives.sum,  # whitened with the global batch's mean and variance
-            )
+        non_score, advantages, returns = self._advantages(scores_t, kls, values, mask, timing)
         weights = self._importance_weights(logprobs, inputs.behaviour_logprobs, mask)
         _require_finite(
             self.collectives,
@@ -298,6 +287,24 @@ class PPOTrainer:
         timing["time/ppo/total"] = time.perf_counter() - t_start
         stats.update(slowest(self.collectives, timing))
         return stats
+
+    def _advantages(
+        self,
+        scores: torch.Tensor,
+        kls: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        timing: dict[str, float],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Non-score rewards, advantages and returns `(B, R)`; whitening uses the global batch's statistics."""
+        with _timed(timing, "time/ppo/compute_rewards"):
+            rewards, non_score = compute_rewards(scores, kls, mask, self.kl_ctl.value)
+        with _timed(timing, "time/ppo/compute_advantages"):
+            c = self.config
+            advantages, returns = compute_advantages(
+                rewards, values, mask, c.gamma, c.lam, c.whiten_rewards, self.collectives.sum
+            )
+        return non_score, advantages, returns
 
     def _rollout(self, batch: PaddedBatch) -> Rollout:
         """Policy log-probs, reference log-probs, values and per-token KL `(B, R)`, in minibatch chunks; with
