@@ -87,8 +87,7 @@ def pad_batch(
 def lm_window(lm: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits `(B, R, V)` and last hidden states `(B, R, H)` at the positions that predict response tokens."""
     out = lm(**_window_inputs(lm, batch), output_hidden_states=True)
-    logits = out.logits[:, -(batch.response_width + 1) : -1]  # (B, R, V): position p predicts token p + 1
-    return logits, _response_positions(out.hidden_states[-1], batch)  # (B, R, H)
+    return _window_logits(out.logits, batch), _response_positions(out.hidden_states[-1], batch)  # (B, R, V|H)
 
 
 def policy_forward(model: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,15 +98,17 @@ def policy_forward(model: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.
     would bypass.
     """
     lm = extract_model_from_parallel(model).pretrained_model
-    lm_logits, _, values = model(**_window_inputs(lm, batch))  # (B, R + 1, V) with logits_to_keep, (B, T)
-    logits = lm_logits[:, -(batch.response_width + 1) : -1]  # (B, R, V)
+    lm_logits, _, values = model(**_window_inputs(lm, batch))  # (B, R, V) with logits_to_keep, (B, T)
+    logits = _window_logits(lm_logits, batch)  # (B, R, V)
     values = _response_positions(values, batch)  # (B, R)
     logprobs = logprobs_from_logits(logits, batch.labels)  # (B, R)
     return logprobs, values, logits
 
 
 def _window_inputs(lm: Any, batch: PaddedBatch) -> dict[str, Any]:
-    """Model inputs; logits only for the R + 1 last positions when the model can (`logits_to_keep`)."""
+    """Model inputs; logits only at the R positions that predict response tokens when the model can: HF's
+    `logits_to_keep` takes their indices, so neither an extra position nor a slice (whose backward allocates a
+    `(B, R + 1, V)` buffer) is paid for."""
     inputs: dict[str, Any] = {
         "input_ids": batch.input_ids,
         "attention_mask": batch.attention_mask,
@@ -115,8 +116,14 @@ def _window_inputs(lm: Any, batch: PaddedBatch) -> dict[str, Any]:
         "use_cache": False,
     }
     if _accepts_logits_to_keep(lm):
-        inputs["logits_to_keep"] = batch.response_width + 1
+        start = batch.query_width - 1
+        inputs["logits_to_keep"] = torch.arange(start, start + batch.response_width, device=batch.input_ids.device)
     return inputs
+
+
+def _window_logits(logits: torch.Tensor, batch: PaddedBatch) -> torch.Tensor:
+    """`(B, R, V)`: the model's logits when it kept only the window, else the window of its `(B, T, V)`."""
+    return logits if logits.shape[1] == batch.response_width else _response_positions(logits, batch)
 
 
 def _response_positions(per_position: torch.Tensor, batch: PaddedBatch) -> torch.Tensor:
