@@ -24,7 +24,7 @@ LR = 0.5  # plain SGD: the weights move by the gradient itself, so a wrong gradi
 # are ~lr * sign(grad), which turns float noise on near-zero gradients into lr-sized differences)
 
 
-def trainer(batch_size: int, tokenizer: Any, out_dir: Path | None = None) -> Any:
+def trainer(batch_size: int, tokenizer: Any, out_dir: Path | None = None, accumulate: bool = False) -> Any:
     """The trainer of both runs, on the same tiny model."""
     from ppo_core import PPOConfig, PPOTrainer
     from tests.ppo_core.factory import make_model
@@ -33,14 +33,17 @@ def trainer(batch_size: int, tokenizer: Any, out_dir: Path | None = None) -> Any
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No dataset is provided")
-        return PPOTrainer(PPOConfig(**config(batch_size, out_dir)), model, tokenizer=tokenizer, optimizer=optimizer)
+        cfg = config(batch_size, out_dir, accumulate)
+        return PPOTrainer(PPOConfig(**cfg), model, tokenizer=tokenizer, optimizer=optimizer)
 
 
-def config(batch_size: int, out_dir: Path | None = None) -> dict[str, Any]:
-    """PPOConfig fields of both runs: one minibatch per process, global score normalisation."""
+def config(batch_size: int, out_dir: Path | None = None, accumulate: bool = False) -> dict[str, Any]:
+    """PPOConfig fields of both runs: one minibatch per process (or, with `accumulate`, two accumulated
+    minibatches per optimizer step), global score normalisation."""
     cfg: dict[str, Any] = {
         "batch_size": batch_size,
-        "mini_batch_size": batch_size,
+        "mini_batch_size": batch_size // 2 if accumulate else batch_size,
+        "gradient_accumulation_steps": 2 if accumulate else 1,
         "ppo_epochs": 2,
         "use_score_scaling": True,
         "use_score_norm": True,
@@ -78,7 +81,7 @@ class _Count(logging.Handler):
         self.count += 1
 
 
-def main(out_dir: Path) -> None:
+def main(out_dir: Path, accumulate: bool) -> None:
     from ppo_core import AutoModelForCausalLMWithValueHead
     from ppo_core.tiny import tiny_tokenizer
 
@@ -93,7 +96,7 @@ def main(out_dir: Path) -> None:
     logs = _Count()
     logging.getLogger("ppo_core").addHandler(logs)
     logging.getLogger("ppo_core").setLevel(logging.INFO)
-    ppo = trainer(HALF, tiny_tokenizer(), out_dir)
+    ppo = trainer(HALF, tiny_tokenizer(), out_dir, accumulate)
     rank = ppo.accelerator.process_index
     all_stats = []
     for queries, responses, scores in batches():
@@ -116,4 +119,4 @@ def main(out_dir: Path) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), accumulate=sys.argv[2:] == ["accumulate"])

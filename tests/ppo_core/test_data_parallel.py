@@ -26,7 +26,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _launch_two_processes(out_dir: Path) -> None:
+def _launch_two_processes(out_dir: Path, *worker_args: str) -> None:
     env = dict(os.environ, ACCELERATE_USE_CPU="1", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [
         sys.executable,
@@ -38,13 +38,14 @@ def _launch_two_processes(out_dir: Path) -> None:
         f"--master_port={_free_port()}",
         str(Path(dp_worker.__file__)),
         str(out_dir),
+        *worker_args,
     ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
-def _one_process_run(tokenizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    trainer = dp_worker.trainer(2 * dp_worker.HALF, tokenizer)
+def _one_process_run(tokenizer, accumulate: bool = False) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    trainer = dp_worker.trainer(2 * dp_worker.HALF, tokenizer, accumulate=accumulate)
     stats = [trainer.step(q, r, s) for q, r, s in dp_worker.batches()]
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}, stats
 
@@ -106,3 +107,14 @@ def test_only_rank_zero_writes(two_process_run):
     assert (two_process_run / "model" / "value_head.safetensors").is_file()
     event_files = list((two_process_run / "runs").rglob("events.out.tfevents.*"))
     assert len(event_files) == 1, event_files
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_across_processes_trains_like_one_process(tmp_path, tokenizer):
+    """Two accumulated minibatches of one sample per process (4 backward passes over 2 processes per update) ==
+    one process accumulating two minibatches of two: the loss is normalised by the global token count."""
+    _launch_two_processes(tmp_path, "accumulate")
+    expected, _ = _one_process_run(tokenizer, accumulate=True)
+    weights = torch.load(tmp_path / "weights0.pt", weights_only=True)
+    for key in expected:
+        torch.testing.assert_close(weights[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
