@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ppo_core.masked import masked_whiten
+from ppo_core.masked import Reduce, local, masked_whiten
 
 
 def compute_rewards(
@@ -40,22 +40,24 @@ def compute_advantages(
     gamma: float,
     lam: float,
     whiten_rewards: bool = False,
+    reduce: Reduce = local,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over response tokens. `rewards, values, mask: (B, T)` -> `advantages (whitened), returns: (B, T)`.
 
     Masked positions get value 0 and reward 0, so the value after the last real token is 0 (the episode ends
-    there) and trailing padding contributes nothing. delta_t = r_t + gamma * V_{t+1} - V_t and
+    there) and trailing padding contributes nothing. Whitening uses the statistics of the global batch: `reduce`
+    sums partial sums over the processes of a data-parallel run. delta_t = r_t + gamma * V_{t+1} - V_t and
     A_t = sum_k (gamma * lam)^(k - t) delta_k, computed as one matrix product instead of a Python loop.
     """
     mask_f = mask.to(values.dtype)
     values = values * mask_f
     rewards = rewards * mask_f
     if whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False) * mask_f
+        rewards = masked_whiten(rewards, mask, shift_mean=False, reduce=reduce) * mask_f
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)  # (B, T)
     deltas = rewards + gamma * next_values - values  # (B, T)
     discount = discount_matrix(values.shape[1], gamma * lam, values.device, values.dtype)  # (T, T)
     advantages = deltas @ discount.T  # (B, T): A[b, t] = sum_k M[t, k] * delta[b, k]
     returns = advantages + values
-    advantages = masked_whiten(advantages, mask) * mask_f
+    advantages = masked_whiten(advantages, mask, reduce=reduce) * mask_f
     return advantages.detach(), returns.detach()

@@ -33,7 +33,9 @@ class PPOConfig:
     remove_unused_columns: bool = True
     """Kept for TRL compatibility; the default collator keeps every column."""
     tracker_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra keyword arguments for the tracker."""
+    """Keyword arguments of each tracker, by tracker name, as TRL hands them to `accelerator.init_trackers`:
+    `{"tensorboard": {...}}` goes to TensorBoard's `SummaryWriter` (e.g. `flush_secs`, `filename_suffix`);
+    entries for other trackers are ignored (TensorBoard is the only one here)."""
     accelerator_kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for `accelerate.Accelerator` (e.g. `{"mixed_precision": "bf16"}`)."""
     project_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -84,7 +86,9 @@ class PPOConfig:
     optimize_cuda_cache: bool | None = None
     """Deprecated in TRL; use `optimize_device_cache`."""
     optimize_device_cache: bool = False
-    """Free the accelerator's cache between stages of a step."""
+    """Give back memory between the stages of a step (before the rollout, after it, after the optimisation):
+    garbage collection, the accelerator's cache, and on the CPU glibc's free heap pages (`malloc_trim`).
+    Costs a `gc.collect()` per stage; see `ppo_core/device_cache.py`."""
     early_stopping: bool = False
     """Stop the PPO epochs of a step when policy KL exceeds 1.5 * `target_kl`."""
     target_kl: float = 1.0

@@ -75,6 +75,51 @@ def generate_batch(
     return Generation(sequences, logprobs if output_logprobs else None)
 
 
+def generate_responses(
+    model: Any,
+    query: torch.Tensor | Sequence[torch.Tensor],
+    pad_token_id: int,
+    eos_token_id: int | None,
+    device: torch.device,
+    length_sampler: Callable[[], int] | None,
+    batch_size: int | None,
+    return_prompt: bool,
+    remove_padding: bool,
+    generation_kwargs: dict[str, Any],
+) -> Any:
+    """`PPOTrainer.generate` (TRL's API): one 1-D query -> `(1, L)`; a list of 1-D queries -> a list of 1-D
+    outputs, generated `batch_size` at a time (default: all at once)."""
+    if isinstance(query, torch.Tensor):
+        if query.dim() != 1:
+            raise ValueError(f"a single query must be a 1-D tensor, got shape {tuple(query.shape)}")
+        kwargs = dict(generation_kwargs)
+        if length_sampler is not None:
+            kwargs["max_new_tokens"] = length_sampler()
+        with eval_mode(model), torch.no_grad():
+            out = model.generate(input_ids=query.unsqueeze(0).to(device), **kwargs)
+        return out if return_prompt else out[:, len(query) :]
+    queries = list(query)
+    if not queries:
+        raise ValueError("generate needs at least one query")
+    size = batch_size or len(queries)
+    results: list[torch.Tensor] = []
+    for start in range(0, len(queries), size):
+        chunk = [q.to(device) for q in queries[start : start + size]]
+        out = generate_batch(
+            model,
+            chunk,
+            pad_token_id,
+            eos_token_id,
+            generation_kwargs,
+            return_prompt,
+            remove_padding,
+            False,
+            length_sampler,
+        )
+        results.extend(out.sequences)
+    return results
+
+
 class ChosenLogprobs(LogitsProcessor):
     """Records the log-prob of each sampled token as generation goes, keeping one step's distribution at a time.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,6 +43,53 @@ def kl_penalty_fn(name: KLPenalty) -> KLFn:
         return KL_PENALTIES[name]
     except KeyError:
         raise ValueError(f"unknown kl_penalty {name!r}; choose from {sorted(KL_PENALTIES)}") from None
+
+
+# What a penalty reads of a model's output at the response positions: `(logits (b, R, V), logprobs (b, R))`.
+PenaltyInput = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sampled_logprobs(logits: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """The log-prob of each sampled token, `(b, R)`: all that `kl`, `abs` and `mse` need."""
+    return logprobs
+
+
+def full_logprobs(logits: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    """The whole log-softmax `(b, R, V)` in fp32, for the exact KL over the vocabulary."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+@dataclass(frozen=True)
+class TokenKL:
+    """A per-token penalty with what it needs of each model's output (chosen once, from `PPOConfig.kl_penalty`).
+
+    The rollout keeps `policy_input(logits, logprobs)` while the reference runs, so only the exact KL holds the
+    policy's `(b, R, V)` distribution; the others keep the `(b, R)` log-probs and free the logits first.
+    """
+
+    penalty: KLFn
+    policy_input: PenaltyInput
+    ref_input: PenaltyInput
+
+    def __call__(self, policy: torch.Tensor, ref_logits: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+        """Per-token penalty `(b, R)` from `policy_input`'s output and the reference's logits and log-probs."""
+        return self.penalty(policy, self.ref_input(ref_logits, ref_logprobs))
+
+
+TOKEN_KLS: dict[KLPenalty, TokenKL] = {
+    "kl": TokenKL(kl_estimate, sampled_logprobs, sampled_logprobs),
+    "abs": TokenKL(abs_kl, sampled_logprobs, sampled_logprobs),
+    "mse": TokenKL(mse_kl, sampled_logprobs, sampled_logprobs),
+    "full": TokenKL(full_kl, full_logprobs, full_logprobs),
+}
+
+
+def token_kl(name: KLPenalty) -> TokenKL:
+    """The `TokenKL` of `PPOConfig.kl_penalty`."""
+    try:
+        return TOKEN_KLS[name]
+    except KeyError:
+        raise ValueError(f"unknown kl_penalty {name!r}; choose from {sorted(TOKEN_KLS)}") from None
 
 
 class AdaptiveKLController:

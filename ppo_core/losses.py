@@ -16,12 +16,18 @@ from ppo_core.masked import masked_mean, masked_var
 
 @dataclass(frozen=True)
 class PPOLosses:
-    """Per-token losses `(B, T)` and the detached statistics of one minibatch."""
+    """Per-token losses `(B, T)` with autograd, and the detached per-token `terms` the statistics come from."""
 
     pg_losses: torch.Tensor
     vf_losses: torch.Tensor
     ratio: torch.Tensor  # detached
-    stats: dict[str, torch.Tensor]
+    terms: dict[str, torch.Tensor]  # detached, each (B, T)
+    mask: torch.Tensor  # (B, T)
+
+    @property
+    def stats(self) -> dict[str, torch.Tensor]:
+        """The minibatch statistics of this process's tokens (the trainer computes them over every process)."""
+        return minibatch_stats(self.terms, self.mask)
 
 
 def ppo_losses(
@@ -52,51 +58,41 @@ def ppo_losses(
     pg_max = torch.max(pg_losses, pg_losses2)  # (B, T)
     if importance_weights is not None:
         pg_max = pg_max * importance_weights
-    stats = _minibatch_stats(
-        logprobs,
-        old_logprobs,
-        ratio,
-        pg_losses,
-        pg_losses2,
-        vf_losses1,
-        vf_losses2,
-        vpreds,
-        values,
-        returns,
-        mask,
-    )
-    stats["policy/advantages_mean"] = masked_mean(advantages, mask).detach()
-    return PPOLosses(pg_losses=pg_max, vf_losses=vf_losses, ratio=ratio.detach(), stats=stats)
+    terms = {
+        "logprobs": logprobs,
+        "old_logprobs": old_logprobs,
+        "ratio": ratio,
+        "pg_losses": pg_losses,
+        "pg_losses2": pg_losses2,
+        "vf_losses1": vf_losses1,
+        "vf_losses2": vf_losses2,
+        "vpreds": vpreds,
+        "values": values,
+        "returns": returns,
+        "advantages": advantages,
+    }
+    detached = {name: t.detach().float() for name, t in terms.items()}  # each (B, T)
+    return PPOLosses(pg_losses=pg_max, vf_losses=vf_losses, ratio=ratio.detach(), terms=detached, mask=mask)
 
 
 @torch.no_grad()
-def _minibatch_stats(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    ratio: torch.Tensor,
-    pg_losses: torch.Tensor,
-    pg_losses2: torch.Tensor,
-    vf_losses1: torch.Tensor,
-    vf_losses2: torch.Tensor,
-    vpreds: torch.Tensor,
-    values: torch.Tensor,
-    returns: torch.Tensor,
-    mask: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """TRL's `ppo/...` minibatch statistics, computed without autograd."""
-    diff = logprobs - old_logprobs
+def minibatch_stats(terms: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """TRL's `ppo/...` minibatch statistics from the per-token `terms` of `ppo_losses`, all `(B, T)`."""
+    diff = terms["logprobs"] - terms["old_logprobs"]
+    vpreds, values, returns = terms["vpreds"], terms["values"], terms["returns"]
     return {
         "policy/approxkl": 0.5 * masked_mean(diff.square(), mask),
         "policy/policykl": masked_mean(-diff, mask),
-        "policy/clipfrac": masked_mean((pg_losses2 > pg_losses).float(), mask),
+        "policy/clipfrac": masked_mean((terms["pg_losses2"] > terms["pg_losses"]).float(), mask),
         "val/vpred": masked_mean(vpreds, mask),
         "val/error": masked_mean((vpreds - returns).square(), mask),
-        "val/clipfrac": masked_mean((vf_losses2 > vf_losses1).float(), mask),
+        "val/clipfrac": masked_mean((terms["vf_losses2"] > terms["vf_losses1"]).float(), mask),
         "val/mean": masked_mean(values, mask),
         "val/var": _var_or_zero(values, mask),
         "returns/mean": masked_mean(returns, mask),
         "returns/var": _var_or_zero(returns, mask),
-        "policy/ratio_mean": masked_mean(ratio, mask),
+        "policy/ratio_mean": masked_mean(terms["ratio"], mask),
+        "policy/advantages_mean": masked_mean(terms["advantages"], mask),
     }
 
 

@@ -5,7 +5,17 @@ Shapes: `values, mask: (B, T)` unless a docstring says otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+# Sums a partial sum over the processes of a data-parallel run (`Collectives.sum`); the identity on one process.
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """The `Reduce` of a single process: the sum is already whole."""
+    return tensor
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
@@ -14,27 +24,35 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None
     return masked.sum() if axis is None else masked.sum(axis)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """Mean of `values` over the entries where `mask` is set."""
-    count = mask.to(values.dtype).sum() if axis is None else mask.to(values.dtype).sum(axis)
-    return masked_sum(values, mask, axis) / count
+def masked_mean(
+    values: torch.Tensor, mask: torch.Tensor, axis: int | None = None, reduce: Reduce = local
+) -> torch.Tensor:
+    """Mean of `values` over the entries where `mask` is set; with `reduce`, over every process's entries
+    (sum and count are reduced; only with `axis=None`)."""
+    if axis is not None:
+        return masked_sum(values, mask, axis) / mask.to(values.dtype).sum(axis)
+    return reduce(masked_sum(values, mask)) / reduce(mask.to(values.dtype).sum())
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the masked entries (Bessel-corrected when `unbiased`, as in TRL)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, reduce: Reduce = local) -> torch.Tensor:
+    """Variance of the masked entries (Bessel-corrected when `unbiased`, as in TRL), over every process's entries
+    with `reduce` (two passes: the global mean, then the global sum of squared deviations)."""
+    mean = masked_mean(values, mask, reduce=reduce)
+    variance = masked_mean((values - mean) ** 2, mask, reduce=reduce)
     if unbiased:
-        count = mask.to(values.dtype).sum()
+        count = reduce(mask.to(values.dtype).sum())
         if count < 2:
             raise ValueError(f"masked_var needs at least 2 unmasked values for the unbiased estimate, got {int(count)}")
         variance = variance * (count / (count - 1))
     return variance
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(values - mean) / std over the masked entries; the mean is added back when `shift_mean` is False."""
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, reduce: Reduce = local
+) -> torch.Tensor:
+    """(values - mean) / std over the masked entries (of every process, with `reduce`); the mean is added back
+    when `shift_mean` is False."""
+    mean, var = masked_mean(values, mask, reduce=reduce), masked_var(values, mask, reduce=reduce)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     return whitened if shift_mean else whitened + mean
 

@@ -19,7 +19,8 @@ from typing import IO, Any
 import torch
 from torch import nn
 
-from ppo_core.losses import ppo_losses
+from ppo_core.collectives import Collectives
+from ppo_core.losses import minibatch_stats, ppo_losses
 from ppo_core.masked import entropy_from_logits, masked_mean, masked_sum
 from ppo_core.modes import optimisation_mode
 from ppo_core.rollout import PaddedBatch, policy_forward
@@ -50,7 +51,11 @@ class PolicyPass:
     logits: torch.Tensor  # (B, R, V)
 
     def select(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.logprobs[index], self.values[index], self.logits[index]  # rows `index`, graph kept
+        """Rows `index`, graph kept. Every row in order returns the tensors themselves: indexing would copy the
+        `(B, R, V)` logits, and the copy and its backward would sit beside the original at the memory peak."""
+        if len(index) == len(self.logprobs) and bool((index == torch.arange(len(index), device=index.device)).all()):
+            return self.logprobs, self.values, self.logits
+        return self.logprobs[index], self.values[index], self.logits[index]
 
 
 @dataclass(frozen=True)
@@ -116,18 +121,27 @@ def _to_cpu_copy(obj: Any) -> Any:
     return obj
 
 
+@dataclass(frozen=True)
+class Learner:
+    """What the optimisation updates, and how it reaches the other processes of a data-parallel run."""
+
+    model: nn.Module  # as `accelerator.prepare` returned it: DDP-wrapped with several processes
+    optimizer: torch.optim.Optimizer
+    accelerator: Any
+    collectives: Collectives
+
+
 def run_ppo_epochs(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    accelerator: Any,
+    learner: Learner,
     batch: PaddedBatch,
     targets: OptimTargets,
     settings: OptimSettings,
     rollback: bool,
     first_pass: PolicyPass | None = None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Train on the batch; returns one stats dict per minibatch that ran. `first_pass` (every row, at the
-    weights before the step) replaces the forward of the first minibatch."""
+    """Train on the batch; returns one stats dict per minibatch that ran (over every process's minibatch).
+    `first_pass` (every row, at the weights before the step) replaces the forward of the first minibatch."""
+    model, optimizer = learner.model, learner.optimizer
     n_updates = settings.ppo_epochs * math.ceil(batch.input_ids.shape[0] / settings.backward_batch_size)
     # One update only: it is checked before it is applied, so nothing can need undoing.
     snapshot = Snapshot(model, optimizer) if rollback and n_updates > 1 else None
@@ -135,11 +149,10 @@ def run_ppo_epochs(
     try:
         with optimisation_mode(model, settings.dropout_during_training):
             for backward_inds in _backward_batches(batch.input_ids.shape[0], settings):
-                stats = _backward_batch(
-                    model, optimizer, accelerator, batch, targets, settings, backward_inds, first_pass
-                )
+                stats = _backward_batch(learner, batch, targets, settings, backward_inds, first_pass)
                 first_pass = None  # the weights have moved: every later minibatch runs its own forward
                 all_stats.extend(stats)
+                # the policy KL is global, so every process stops at the same update
                 if settings.early_stopping and stats and _too_far(stats[-1], settings.target_kl):
                     break
     except NonFiniteError:
@@ -166,90 +179,109 @@ def _too_far(stats: dict[str, torch.Tensor], target_kl: float) -> bool:
 
 
 def _backward_batch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    accelerator: Any,
+    learner: Learner,
     batch: PaddedBatch,
     targets: OptimTargets,
     settings: OptimSettings,
     inds: torch.Tensor,
     first_pass: PolicyPass | None,
 ) -> list[dict[str, torch.Tensor]]:
-    """Accumulate gradients over the minibatches of `inds`, then take one checked optimizer step."""
-    n_tokens = batch.response_mask[inds].sum().clamp(min=1)
+    """Accumulate gradients over the minibatches of `inds`, then take one checked optimizer step.
+
+    The loss is normalised by the token count of the backward batch over every process, so the gradient does
+    not depend on how the samples are split between minibatches or processes. Every process takes the same
+    decisions (skip, refuse, stop) from global statistics, so none waits for a collective another skipped.
+    """
+    n_tokens = learner.collectives.sum(batch.response_mask[inds].sum()).clamp(min=1)  # global token count
     stats: list[dict[str, torch.Tensor]] = []
     stepped = False
     for start in range(0, len(inds), settings.mini_batch_size):
-        mb_inds = inds[start : start + settings.mini_batch_size].to(batch.input_ids.device)
-        outputs = first_pass.select(mb_inds) if first_pass is not None else None
+        mb_inds = inds[start : start + settings.mini_batch_size].to(batch.input_ids.device)  # (b,)
+        if first_pass is not None:
+            # the order of rows inside a minibatch changes no loss or statistic: take the rollout's order
+            mb_inds = mb_inds.sort().values
+        mb_outputs = first_pass.select(mb_inds) if first_pass is not None else None
         first_pass = None
-        mb_stats, contributed = _minibatch(model, accelerator, batch, targets, settings, mb_inds, n_tokens, outputs)
+        mb_stats, contributed = _minibatch(learner, batch, targets, settings, mb_inds, n_tokens, mb_outputs)
         stats.append(mb_stats)
         stepped |= contributed
     if stepped:
-        _checked_step(model, optimizer, accelerator, settings.max_grad_norm)
-    optimizer.zero_grad(set_to_none=True)
+        _checked_step(learner.model, learner.optimizer, learner.accelerator, settings.max_grad_norm)
+    learner.optimizer.zero_grad(set_to_none=True)
     return stats
 
 
 def _minibatch(
-    model: nn.Module,
-    accelerator: Any,
+    learner: Learner,
     batch: PaddedBatch,
     targets: OptimTargets,
     settings: OptimSettings,
     mb_inds: torch.Tensor,
     n_tokens: torch.Tensor,
-    outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    mb_outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], bool]:
-    """Forward (unless `outputs` already holds it) + backward of one minibatch; the loss is normalised by the
-    backward batch's token count."""
+    """Forward (unless `mb_outputs` already holds it) + backward of one minibatch of `b` rows.
+
+    DDP averages gradients over the P processes; the loss is scaled by P so the update follows the gradient of
+    (sum of every process's token losses) / (global token count), as one process holding the whole batch would.
+    """
     mb = batch.select(mb_inds)
-    mask = mb.response_mask
-    if outputs is None:
-        with accelerator.autocast():
-            outputs = policy_forward(model, mb)
-    logprobs, vpreds, logits = outputs
-    weights = targets.importance_weights[mb_inds] if targets.importance_weights is not None else None
+    mb_mask = mb.response_mask  # (b, R)
+    if mb_outputs is None:
+        with learner.accelerator.autocast():
+            mb_outputs = policy_forward(learner.model, mb)
+    mb_logprobs, mb_vpreds, mb_logits = mb_outputs  # (b, R), (b, R), (b, R, V)
+    mb_weights = targets.importance_weights[mb_inds] if targets.importance_weights is not None else None  # (b, R)
     losses = ppo_losses(
-        logprobs,
-        targets.old_logprobs[mb_inds],
-        vpreds,
-        targets.values[mb_inds],
-        targets.advantages[mb_inds],
-        targets.returns[mb_inds],
-        mask,
+        mb_logprobs,
+        targets.old_logprobs[mb_inds],  # (b, R)
+        mb_vpreds,
+        targets.values[mb_inds],  # (b, R)
+        targets.advantages[mb_inds],  # (b, R)
+        targets.returns[mb_inds],  # (b, R)
+        mb_mask,
         settings.cliprange,
         settings.cliprange_value,
-        weights,
+        mb_weights,
     )
-    stats = _loss_stats(losses.pg_losses, losses.vf_losses, mask, settings.vf_coef)
-    stats.update(losses.stats)
-    stats["policy/entropy"] = masked_mean(entropy_from_logits(logits.detach()), mask)
-    stats["policy/advantages"] = targets.advantages[mb_inds][mask].detach()
-    stats["policy/ratio"] = losses.ratio[mask]
-    if float(losses.stats["policy/ratio_mean"]) > settings.ratio_threshold:
+    terms = dict(losses.terms)  # each (b, R)
+    terms["pg_loss"], terms["vf_loss"] = losses.pg_losses.detach(), losses.vf_losses.detach()
+    terms["entropy"] = entropy_from_logits(mb_logits.detach())
+    stats = _global_stats(learner.collectives, terms, mb_mask, settings.vf_coef)
+    if float(stats["policy/ratio_mean"]) > settings.ratio_threshold:
         warnings.warn(
-            f"mean ratio {float(losses.stats['policy/ratio_mean']):.2f} > ratio_threshold "
+            f"mean ratio {float(stats['policy/ratio_mean']):.2f} > ratio_threshold "
             f"{settings.ratio_threshold}: minibatch skipped",
             UserWarning,
             stacklevel=2,
         )
         return stats, False
-    loss = (masked_sum(losses.pg_losses, mask) + settings.vf_coef * masked_sum(losses.vf_losses, mask)) / n_tokens
-    if not bool(torch.isfinite(loss)):
-        raise NonFiniteError(f"PPO loss is {float(loss.detach())}: step refused, weights left as before the step")
-    accelerator.backward(loss)
+    if not bool(torch.isfinite(stats["loss/total"])):  # global: every process refuses together
+        raise NonFiniteError(f"PPO loss is {float(stats['loss/total'])}: step refused, weights left as before the step")
+    token_loss = losses.pg_losses + settings.vf_coef * losses.vf_losses  # (b, R)
+    loss = masked_sum(token_loss, mb_mask) * learner.collectives.num_processes / n_tokens
+    learner.accelerator.backward(loss)
     return stats, True
 
 
-def _loss_stats(
-    pg_losses: torch.Tensor, vf_losses: torch.Tensor, mask: torch.Tensor, vf_coef: float
+@torch.no_grad()
+def _global_stats(
+    collectives: Collectives, terms: dict[str, torch.Tensor], mb_mask: torch.Tensor, vf_coef: float
 ) -> dict[str, torch.Tensor]:
-    with torch.no_grad():
-        pg_loss = masked_mean(pg_losses, mask)
-        vf_loss = masked_mean(vf_losses, mask)
-        return {"loss/policy": pg_loss, "loss/value": vf_loss, "loss/total": pg_loss + vf_coef * vf_loss}
+    """Minibatch statistics over the minibatches of every process: the `(b, R)` terms are gathered in one
+    collective as `(P * b, R, k)`, so the figures equal those of one process holding all the rows."""
+    names = list(terms)
+    stacked = torch.stack([*(terms[n].float() for n in names), mb_mask.float()], dim=-1)  # (b, R, k + 1)
+    gathered = collectives.gather_rows(stacked)  # (P * b, R_max, k + 1), zero-padded past each R
+    mask = gathered[..., -1].bool()  # (P * b, R_max)
+    every = {n: gathered[..., i] for i, n in enumerate(names)}  # each (P * b, R_max)
+    stats = minibatch_stats(every, mask)
+    pg_loss, vf_loss = masked_mean(every["pg_loss"], mask), masked_mean(every["vf_loss"], mask)
+    stats.update({"loss/policy": pg_loss, "loss/value": vf_loss, "loss/total": pg_loss + vf_coef * vf_loss})
+    stats["policy/entropy"] = masked_mean(every["entropy"], mask)
+    stats["policy/advantages"] = every["advantages"][mask]
+    stats["policy/ratio"] = every["ratio"][mask]
+    return stats
 
 
 def _checked_step(

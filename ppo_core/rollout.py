@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from ppo_core.masked import logprobs_from_logits
 
@@ -85,28 +86,50 @@ def pad_batch(
 
 def lm_window(lm: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits `(B, R, V)` and last hidden states `(B, R, H)` at the positions that predict response tokens."""
-    r_width = batch.response_width
-    kwargs: dict[str, object] = {"output_hidden_states": True, "use_cache": False}
-    if _accepts_logits_to_keep(lm):
-        kwargs["logits_to_keep"] = r_width + 1
-    out = lm(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        **kwargs,
-    )
-    logits = out.logits[:, -(r_width + 1) : -1]  # (B, R, V): position p predicts token p + 1
-    start = batch.query_width - 1
-    hidden = out.hidden_states[-1][:, start : start + r_width]  # (B, R, H)
-    return logits, hidden
+    out = lm(**_window_inputs(lm, batch), output_hidden_states=True)
+    return _window_logits(out.logits, batch), _response_positions(out.hidden_states[-1], batch)  # (B, R, V|H)
 
 
 def policy_forward(model: Any, batch: PaddedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-probs `(B, R)`, values `(B, R)` and logits `(B, R, V)` of a value-head model on the batch."""
-    logits, hidden = lm_window(model.pretrained_model, batch)
-    values = model.v_head(hidden)  # (B, R)
+    """Log-probs `(B, R)`, values `(B, R)` and logits `(B, R, V)` of a value-head model on the batch.
+
+    `model` is the value-head model as `accelerator.prepare` returned it, and it is called, not its submodules:
+    DDP (and FSDP) synchronise gradients through the wrapper's forward, which a call to `model.pretrained_model`
+    would bypass.
+    """
+    lm = extract_model_from_parallel(model).pretrained_model
+    lm_logits, _, values = model(**_window_inputs(lm, batch))  # (B, R, V) with logits_to_keep, (B, T)
+    logits = _window_logits(lm_logits, batch)  # (B, R, V)
+    values = _response_positions(values, batch)  # (B, R)
     logprobs = logprobs_from_logits(logits, batch.labels)  # (B, R)
     return logprobs, values, logits
+
+
+def _window_inputs(lm: Any, batch: PaddedBatch) -> dict[str, Any]:
+    """Model inputs; logits only at the R positions that predict response tokens when the model can: HF's
+    `logits_to_keep` takes their indices, so neither an extra position nor a slice (whose backward allocates a
+    `(B, R + 1, V)` buffer) is paid for."""
+    inputs: dict[str, Any] = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "position_ids": batch.position_ids,
+        "use_cache": False,
+    }
+    if _accepts_logits_to_keep(lm):
+        start = batch.query_width - 1
+        inputs["logits_to_keep"] = torch.arange(start, start + batch.response_width, device=batch.input_ids.device)
+    return inputs
+
+
+def _window_logits(logits: torch.Tensor, batch: PaddedBatch) -> torch.Tensor:
+    """`(B, R, V)`: the model's logits when it kept only the window, else the window of its `(B, T, V)`."""
+    return logits if logits.shape[1] == batch.response_width else _response_positions(logits, batch)
+
+
+def _response_positions(per_position: torch.Tensor, batch: PaddedBatch) -> torch.Tensor:
+    """`(B, T, ...) -> (B, R, ...)`: the positions whose outputs predict the response tokens (Q - 1 ... T - 2)."""
+    start = batch.query_width - 1
+    return per_position[:, start : start + batch.response_width]
 
 
 def _accepts_logits_to_keep(lm: Any) -> bool:

@@ -46,10 +46,14 @@ def scale_scores(
     running: RunningMoments | None,
     use_score_norm: bool,
     score_clip: float | None,
+    global_scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Scale `scores (B,)` by the running std (and centre by the running mean with `use_score_norm`), then clip."""
+    """Scale `scores (B,)` by the running std (and centre by the running mean with `use_score_norm`), then clip.
+
+    `global_scores (P * B,)`: the scores of every process of a data-parallel run, which update the running moments
+    (the same on every process); default `scores`."""
     if running is not None:
-        running.update(scores)
+        running.update(scores if global_scores is None else global_scores)
         eps = torch.finfo(scores.dtype).eps
         scores = (scores - running.mean) / (running.std + eps) if use_score_norm else scores / (running.std + eps)
     if score_clip is not None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
-import torch
+from accelerate.utils import set_seed as accelerate_set_seed
 
 
 def set_seed(seed: int) -> None:
-    """Seed `random`, `numpy` and `torch` (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+    """Seed `random`, `numpy`, `torch` and every accelerator's generators (CUDA, XPU, NPU, ...) via accelerate.
+
+    The same seed on every process of a data-parallel run (TRL 0.11 does the same): each process draws its own
+    minibatch order from it, and generation differs between processes because their prompts do.
+    """
+    accelerate_set_seed(seed)

@@ -24,10 +24,12 @@ SUMMARY_KEYS = (
 class TensorBoardTracker:
     """Scalars and histograms of each step under `<logging_dir>/<project>`."""
 
-    def __init__(self, logging_dir: str, project: str, config: dict[str, Any]) -> None:
+    def __init__(
+        self, logging_dir: str, project: str, config: dict[str, Any], writer_kwargs: dict[str, Any] | None = None
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=os.path.join(logging_dir, project))
+        self.writer = SummaryWriter(log_dir=os.path.join(logging_dir, project), **(writer_kwargs or {}))
         self.writer.add_text("config", "\n".join(f"{k}: {v}" for k, v in sorted(config.items())))
 
     def log(self, stats: dict[str, Any], step: int) -> None:

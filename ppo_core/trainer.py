@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import warnings
@@ -15,18 +16,20 @@ from accelerate import Accelerator
 from torch import nn
 
 from ppo_core.advantages import compute_advantages, compute_rewards
+from ppo_core.collectives import Collectives, collectives_for
 from ppo_core.config import PPOConfig
 from ppo_core.data import Collator, make_dataloader
-from ppo_core.generation import generate_batch
-from ppo_core.kl import AdaptiveKLController, FixedKLController, kl_penalty_fn
+from ppo_core.device_cache import release_for
+from ppo_core.generation import generate_responses
+from ppo_core.kl import AdaptiveKLController, FixedKLController, token_kl
 from ppo_core.masked import logprobs_from_logits
 from ppo_core.modes import eval_mode, optimisation_mode
-from ppo_core.optimize import NonFiniteError, OptimSettings, OptimTargets, PolicyPass, run_ppo_epochs
+from ppo_core.optimize import Learner, NonFiniteError, OptimSettings, OptimTargets, PolicyPass, run_ppo_epochs
 from ppo_core.reference import create_reference_model
 from ppo_core.rollout import PaddedBatch, lm_window, pad_batch, policy_forward
 from ppo_core.scores import RunningMoments, scale_scores
 from ppo_core.seeding import set_seed
-from ppo_core.stats import aggregate_train_stats, objective_stats, to_numpy, token_stats
+from ppo_core.stats import aggregate_train_stats, global_objective_stats, global_token_stats, slowest, to_numpy
 from ppo_core.step_inputs import validate_step_inputs
 from ppo_core.tracking import TensorBoardTracker, log_summary, reward_stats
 from ppo_core.value_head import AutoModelForCausalLMWithValueHead
@@ -111,10 +114,12 @@ class PPOTrainer:
             if config.adap_kl_ctrl
             else FixedKLController(config.init_kl_coef)
         )
-        self.kl_fn = kl_penalty_fn(config.kl_penalty)
+        self.token_kl = token_kl(config.kl_penalty)
         self.running = RunningMoments() if config.use_score_scaling else None
         self.current_device = self.accelerator.device
+        self.collectives: Collectives = collectives_for(self.accelerator)
         self.current_step = 0
+        self.release_device_cache = release_for(config.optimize_device_cache)
         self.tracker = self._make_tracker()
 
     # --------------------------------------------------------------------------------------------- set-up
@@ -145,7 +150,12 @@ class PPOTrainer:
         if self.config.log_with != "tensorboard" or not self.accelerator.is_main_process:
             return None
         logging_dir = self.config.project_kwargs.get("logging_dir", "runs")
-        return TensorBoardTracker(logging_dir, self.config.tracker_project_name, self.config.to_dict())
+        return TensorBoardTracker(
+            logging_dir,
+            self.config.tracker_project_name,
+            self.config.to_dict(),
+            self.config.tracker_kwargs.get("tensorboard", {}),
+        )
 
     def _vocab_size(self) -> int:
         return int(self.accelerator.unwrap_model(self.model).pretrained_model.get_input_embeddings().num_embeddings)
@@ -166,72 +176,27 @@ class PPOTrainer:
         remove_padding: bool = True,
         **generation_kwargs: Any,
     ) -> Any:
-        """Responses for one query tensor (returns `(1, L)`) or a list of 1-D query tensors (list of 1-D)."""
+        """Responses for one query tensor (returns `(1, L)`) or a list of 1-D query tensors (list of 1-D), generated
+        by this process alone (in a data-parallel run each process generates for its own queries)."""
         if generate_ref_response and self.ref_model is None and not self.is_peft_model:
             raise ValueError("no reference model to generate with")
-        policy = self._generate(
-            query_tensor,
-            self.model,
-            length_sampler,
-            batch_size,
-            return_prompt,
-            remove_padding,
-            generation_kwargs,
+        run = functools.partial(
+            generate_responses,
+            query=query_tensor,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            device=self.current_device,
+            length_sampler=length_sampler,
+            batch_size=batch_size,
+            return_prompt=return_prompt,
+            remove_padding=remove_padding,
+            generation_kwargs=generation_kwargs,
         )
+        policy = run(self.accelerator.unwrap_model(self.model))
         if not generate_ref_response:
             return policy
         with self._reference() as ref:
-            reference = self._generate(
-                query_tensor,
-                ref,
-                length_sampler,
-                batch_size,
-                return_prompt,
-                remove_padding,
-                generation_kwargs,
-            )
-        return policy, reference
-
-    def _generate(
-        self,
-        query: torch.Tensor | list[torch.Tensor],
-        model: Any,
-        length_sampler: Callable[[], int] | None,
-        batch_size: int | None,
-        return_prompt: bool,
-        remove_padding: bool,
-        generation_kwargs: dict[str, Any],
-    ) -> Any:
-        model = self.accelerator.unwrap_model(model)
-        if isinstance(query, torch.Tensor):
-            if query.dim() != 1:
-                raise ValueError(f"a single query must be a 1-D tensor, got shape {tuple(query.shape)}")
-            kwargs = dict(generation_kwargs)
-            if length_sampler is not None:
-                kwargs["max_new_tokens"] = length_sampler()
-            with eval_mode(model), torch.no_grad():
-                out = model.generate(input_ids=query.unsqueeze(0).to(self.current_device), **kwargs)
-            return out if return_prompt else out[:, len(query) :]
-        queries = list(query)
-        if not queries:
-            raise ValueError("generate needs at least one query")
-        size = batch_size or len(queries)
-        results: list[torch.Tensor] = []
-        for start in range(0, len(queries), size):
-            chunk = [q.to(self.current_device) for q in queries[start : start + size]]
-            out = generate_batch(
-                model,
-                chunk,
-                self.pad_token_id,
-                self.tokenizer.eos_token_id,
-                generation_kwargs,
-                return_prompt,
-                remove_padding,
-                False,
-                length_sampler,
-            )
-            results.extend(out.sequences)
-        return results
+            return policy, run(self.accelerator.unwrap_model(ref))
 
     @contextlib.contextmanager
     def _reference(self) -> Iterator[Any]:
@@ -269,22 +234,26 @@ class PPOTrainer:
             self.current_device,
             self._vocab_size(),
         )
-        scores_t = scale_scores(inputs.scores, self.running, self.config.use_score_norm, self.config.score_clip)
+        scores_t = scale_scores(
+            inputs.scores,
+            self.running,
+            self.config.use_score_norm,
+            self.config.score_clip,
+            self.collectives.gather_rows(inputs.scores),  # (P * B,): the running moments see every process's
+        )
         batch = pad_batch(
             inputs.queries, inputs.responses, self.pad_token_id, self.current_device, inputs.response_masks
         )
         mask = batch.response_mask
+        self.release_device_cache()  # what generation left behind
         with _timed(timing, "time/ppo/forward_pass"):
             rollout = self._rollout(batch)
+        self.release_device_cache()  # the chunks' logits
         logprobs, ref_logprobs, values, kls = rollout.tensors()
-        with _timed(timing, "time/ppo/compute_rewards"):
-            rewards, non_score = compute_rewards(scores_t, kls, mask, self.kl_ctl.value)
-        with _timed(timing, "time/ppo/compute_advantages"):
-            advantages, returns = compute_advantages(
-                rewards, values, mask, self.config.gamma, self.config.lam, self.config.whiten_rewards
-            )
+        non_score, advantages, returns = self._advantages(scores_t, kls, values, mask, timing)
         weights = self._importance_weights(logprobs, inputs.behaviour_logprobs, mask)
         _require_finite(
+            self.collectives,
             mask,
             logprobs=logprobs,
             ref_logprobs=ref_logprobs,
@@ -295,9 +264,7 @@ class PPOTrainer:
         targets = OptimTargets(logprobs, values, advantages, returns, weights)
         with _timed(timing, "time/ppo/optimize_step"):
             train_stats = run_ppo_epochs(
-                self.model,
-                self.optimizer,
-                self.accelerator,
+                Learner(self.model, self.optimizer, self.accelerator, self.collectives),
                 batch,
                 targets,
                 self._optim_settings(),
@@ -305,18 +272,39 @@ class PPOTrainer:
                 rollout.take_first_pass(),  # only the callee holds it: its (B, R, V) logits go after one use
             )
         with _timed(timing, "time/ppo/calc_stats"):
-            stats = objective_stats(logprobs, ref_logprobs, non_score, scores_t, mask, self.kl_ctl.value)
+            stats = global_objective_stats(
+                self.collectives, logprobs, ref_logprobs, kls, non_score, scores_t, mask, self.kl_ctl.value
+            )
             stats.update(aggregate_train_stats(train_stats))
-            stats.update(token_stats(inputs.queries, inputs.responses))
+            stats.update(global_token_stats(self.collectives, inputs.queries, inputs.responses))
             stats = to_numpy(stats)
         stats["ppo/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
         self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         self.current_step += 1
+        self.release_device_cache()  # the optimisation's activations and gradients
         timing["time/ppo/total"] = time.perf_counter() - t_start
-        stats.update(timing)
+        stats.update(slowest(self.collectives, timing))
         return stats
+
+    def _advantages(
+        self,
+        scores: torch.Tensor,
+        kls: torch.Tensor,
+        values: torch.Tensor,
+        mask: torch.Tensor,
+        timing: dict[str, float],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Non-score rewards, advantages and returns `(B, R)`; whitening uses the global batch's statistics."""
+        with _timed(timing, "time/ppo/compute_rewards"):
+            rewards, non_score = compute_rewards(scores, kls, mask, self.kl_ctl.value)
+        with _timed(timing, "time/ppo/compute_advantages"):
+            c = self.config
+            advantages, returns = compute_advantages(
+                rewards, values, mask, c.gamma, c.lam, c.whiten_rewards, self.collectives.sum
+            )
+        return non_score, advantages, returns
 
     def _rollout(self, batch: PaddedBatch) -> Rollout:
         """Policy log-probs, reference log-probs, values and per-token KL `(B, R)`, in minibatch chunks; with
@@ -324,7 +312,6 @@ class PPOTrainer:
         parts: list[tuple[torch.Tensor, ...]] = []
         first_pass: PolicyPass | None = None
         keep_graph = self._first_update_from_rollout(batch)
-        full = self.config.kl_penalty == "full"
         for start in range(0, batch.input_ids.shape[0], self.config.mini_batch_size):
             chunk = batch.select(
                 torch.arange(
@@ -342,29 +329,23 @@ class PPOTrainer:
             else:
                 with torch.no_grad(), eval_mode(self.model), self.accelerator.autocast():
                     logprobs, values, logits = policy_forward(self.model, chunk)
-            with torch.no_grad():  # only the exact KL needs the policy's distribution while the reference runs
-                full_policy = torch.log_softmax(logits.float(), -1) if full else None
+            with torch.no_grad():  # (b, R), or (b, R, V) for the exact KL: what the penalty needs of the policy
+                policy_input = self.token_kl.policy_input(logits, logprobs)
             del logits
-            ref_lp, kls = self._reference_and_kl(chunk, logprobs, full_policy)
-            del full_policy
+            ref_lp, kls = self._reference_and_kl(chunk, policy_input)
+            del policy_input
             parts.append((logprobs, ref_lp, values, kls))
         logprobs, ref_logprobs, values, kls = (torch.cat(p) for p in zip(*parts))
         return Rollout(logprobs, ref_logprobs, values, kls, first_pass)
 
     @torch.no_grad()
-    def _reference_and_kl(
-        self, chunk: PaddedBatch, logprobs: torch.Tensor, full_policy: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs and per-token KL of a chunk, `(b, R)`; `full_policy` `(b, R, V)`: the policy's
-        log-softmax, for the exact KL (`kl_penalty="full"`) only."""
+    def _reference_and_kl(self, chunk: PaddedBatch, policy_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference log-probs and per-token KL penalty of a chunk, `(b, R)`; `policy_input` is what the
+        penalty reads of the policy (`TokenKL.policy_input`)."""
         with self.accelerator.autocast(), self._reference() as ref:
-            ref_logits, _ = lm_window(ref.pretrained_model, chunk)
-        ref_lp = logprobs_from_logits(ref_logits, chunk.labels)
-        if full_policy is not None:
-            kls = self.kl_fn(full_policy, torch.log_softmax(ref_logits.float(), -1))
-        else:
-            kls = self.kl_fn(logprobs, ref_lp)
-        return ref_lp, kls
+            ref_logits, _ = lm_window(ref.pretrained_model, chunk)  # (b, R, V)
+        ref_lp = logprobs_from_logits(ref_logits, chunk.labels)  # (b, R)
+        return ref_lp, self.token_kl(policy_input, ref_logits, ref_lp)
 
     def _first_update_from_rollout(self, batch: PaddedBatch) -> bool:
         c = self.config
@@ -405,7 +386,8 @@ class PPOTrainer:
     ) -> None:
         """Log a step: always to Python logging, and to TensorBoard with `log_with="tensorboard"`."""
         logs = dict(stats)
-        logs.update(reward_stats(rewards))
+        scores = torch.stack([torch.as_tensor(r).float().reshape(()) for r in rewards])  # (B,)
+        logs.update(reward_stats(self.collectives.gather_rows(scores.to(self.current_device))))  # every process's
         if self.accelerator.is_main_process:
             log_summary(logs, self.current_step)
             if self.tracker is not None:
@@ -416,9 +398,13 @@ class PPOTrainer:
                     self.tracker.writer.add_text("game_log", text, self.current_step)
 
     def save_pretrained(self, save_directory: str) -> None:
-        """Save the policy with its value head, and the tokenizer, to `save_directory`."""
-        self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
-        self.tokenizer.save_pretrained(save_directory)
+        """Save the policy with its value head, and the tokenizer, to `save_directory`: once, by the main process,
+        when every process has reached this point (their weights are the same)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
+            self.tokenizer.save_pretrained(save_directory)
+        self.accelerator.wait_for_everyone()
 
 
 def _fused_adam_ok(params: list[torch.nn.Parameter]) -> bool:
@@ -426,9 +412,12 @@ def _fused_adam_ok(params: list[torch.nn.Parameter]) -> bool:
     return bool(params) and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
 
 
-def _require_finite(mask: torch.Tensor, **tensors: torch.Tensor) -> None:
-    for name, tensor in tensors.items():
-        if not bool(torch.isfinite(tensor[mask]).all()):
+def _require_finite(collectives: Collectives, mask: torch.Tensor, **tensors: torch.Tensor) -> None:
+    """Refuse the step on every process when any process met a NaN/inf (none is left waiting for the others)."""
+    bad = torch.stack([~torch.isfinite(t[mask]).all() for t in tensors.values()]).float()  # (n,)
+    bad = collectives.sum(bad)
+    for name, flag in zip(tensors, bad.tolist()):
+        if flag > 0:
             raise NonFiniteError(f"{name} contains NaN/inf: step refused, the model is unchanged")
 
 

@@ -378,3 +378,16 @@ def test_first_update_from_the_rollout_is_the_same_step_with_one_forward_less(to
         torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6, msg=key)
     for key in ("ppo/loss/total", "ppo/policy/approxkl", "objective/kl", "ppo/val/vpred"):
         torch.testing.assert_close(torch.tensor(stats[0][key]), torch.tensor(stats[1][key]), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lm_heads_compute_logits_only_at_the_response_positions(tokenizer, arch):
+    """No query position and no extra last position reaches the LM head (memory of the (B, R, V) logits)."""
+    trainer = make_trainer(tokenizer, arch, batch_size=4, mini_batch_size=4)
+    q, r, s = make_batch()
+    widths: list[int] = []
+    for model in (trainer.model, trainer.ref_model):
+        head = model.pretrained_model.get_output_embeddings()
+        head.register_forward_pre_hook(lambda _m, args, w=widths: w.append(args[0].shape[1]))
+    trainer.step(q, r, s)
+    assert widths and set(widths) == {max(len(x) for x in r)}, widths
