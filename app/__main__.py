@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.cli import parse_settings
 from app.errors import StartupError
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from app.service import FeedbackService
 
 log = logging.getLogger("app")
+
+MAX_UPLOAD = "1kb"
 
 
 def check_port(host: str, port: int) -> None:
@@ -32,6 +35,20 @@ def check_port(host: str, port: int) -> None:
             raise StartupError(f"port {port} on {host} is in use ({reason}); pick another with --port") from err
 
 
+def launch_options(settings: AppSettings) -> dict[str, Any]:
+    """How the page is served: Gradio's `launch()` arguments (the UI tests launch with the same)."""
+    return {
+        "server_name": settings.host,
+        "server_port": settings.port,
+        "auth": list(settings.auth) or None,
+        "share": settings.share,
+        # no allowed_paths: Gradio serves an export from its own cache copy; the export folder is never served
+        "max_file_size": MAX_UPLOAD,  # the page takes no uploads; Gradio's upload route would take any size
+        "prevent_thread_lock": True,
+        "quiet": True,
+    }
+
+
 def serve(service: FeedbackService, settings: AppSettings) -> None:
     """Launch the page, block until SIGINT/SIGTERM, then stop the service (checkpoint) and the server."""
     from app.ui import build_ui
@@ -39,15 +56,7 @@ def serve(service: FeedbackService, settings: AppSettings) -> None:
     demo = build_ui(service)
     service.start()
     try:
-        demo.launch(
-            server_name=settings.host,
-            server_port=settings.port,
-            auth=list(settings.auth) or None,
-            share=settings.share,
-            allowed_paths=[str(settings.export_dir.resolve())],  # exports may live outside the working directory
-            prevent_thread_lock=True,
-            quiet=True,
-        )
+        demo.launch(**launch_options(settings))
     except OSError as err:
         service.stop()
         raise StartupError(f"cannot serve on {settings.host}:{settings.port}: {err}") from err
@@ -74,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = parse_settings(argv)
+    os.umask(0o077)  # the database, checkpoints and exports (raters' names and scores) are the operator's alone
     try:
         check_port(settings.host, settings.port)
         from app.bootstrap import build_service  # torch and transformers: after the quick checks

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import threading
 from datetime import UTC, datetime
 from importlib import resources
@@ -348,7 +349,8 @@ class FeedbackService:
             raise UserError(f"export format must be one of {', '.join(EXPORT_FORMATS)}")
         folder = self.settings.export_dir
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        # a random part: the name is not guessable from the time (it travels in the download URL)
+        stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(8)}"
         name = f"pairs-{stamp}.jsonl" if fmt == "pairwise" else f"ratings-{stamp}.{fmt}"
         path = Path(folder, name)
         with self.db.read_session_factory.begin() as s:

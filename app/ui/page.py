@@ -21,7 +21,7 @@ import gradio as gr
 from app.ui.contract import Service
 from app.ui.errors import need, shown
 from app.ui.formatting import rater_badge
-from app.ui.identity import ADMIN_TOKEN_KEY, READ_ADMIN_LINK, caller_of
+from app.ui.identity import ADMIN_TOKEN_KEY, FILL_ADMIN_TOKEN, READ_ADMIN_LINK, caller_of
 from app.ui.rate_tab import RATE_EVENTS, RateTab, build_rate_tab
 from app.ui.watch_tab import WATCH_EVENTS, WatchTab, build_watch_tab
 from app.views import RaterView
@@ -63,11 +63,16 @@ def build_ui(service: Service) -> gr.Blocks:
                 rate = build_rate_tab(service, rater)
             with gr.Tab("Watch", id="watch"):
                 watch = build_watch_tab(service, rater, token)
-        signed_in = [rater, badge, login_panel, main, watch.admin, switch, saved_name, watch.timer, token, saved_token]
+        signed_in = [rater, badge, login_panel, main, watch.admin, switch, saved_name, watch.timer]
         after = functools.partial(_then_refresh, rate=rate, watch=watch, rater=rater)
         on_login, on_load, on_switch = _sign_in_handlers(service, len(signed_in))
+        # The admin token never comes back from the server (a stream joined with this tab's session hash would
+        # read it): the browser alone copies it between the URL, the box and localStorage.
+        for trigger in (login.click, name.submit):
+            trigger(None, [token], [saved_token], js="(t) => t")
         after(login.click(on_login, [name, token], signed_in, api_name="login", **RATE_EVENTS))
         after(name.submit(on_login, [name, token], signed_in, api_visibility="private", **RATE_EVENTS))
+        demo.load(None, [saved_token], [token, saved_token], js=FILL_ADMIN_TOKEN)
         after(demo.load(on_load, [saved_name, saved_token], signed_in, js=READ_ADMIN_LINK, api_visibility="private"))
         demo.load(None, js=page_js())
         switch.click(on_switch, None, signed_in, api_visibility="private")
@@ -83,11 +88,11 @@ def _sign_in_handlers(service: Service, n: int) -> tuple[Callable[..., tuple[Any
         caller = caller_of(request, token)
         typed = typed if isinstance(typed, str) else ""
         r = service.login(caller.username or need(typed.strip() or None, "Enter your name to start rating."), caller)
-        return _signed_in(r, auth=caller.username is not None, token=caller.admin_token)
+        return _signed_in(r, auth=caller.username is not None)
 
     def on_load(saved: str, token: str, request: gr.Request) -> tuple[Any, ...]:
-        if not (request.username or saved):  # nobody to sign in yet; a token from the admin link is kept
-            return (*(gr.skip() for _ in range(n - 2)), token, token)
+        if not (request.username or saved):  # nobody to sign in yet
+            return tuple(gr.skip() for _ in range(n))
         return on_login(saved, token, request)
 
     def on_switch() -> tuple[Any, ...]:
@@ -101,17 +106,13 @@ def _sign_in_handlers(service: Service, n: int) -> tuple[Callable[..., tuple[Any
             gr.Button(visible=False),
             "",
             gr.Timer(active=False),
-            gr.skip(),
-            gr.skip(),
         )
 
     return on_login, on_load, on_switch
 
 
-def _signed_in(r: RaterView, auth: bool, token: str) -> tuple[Any, ...]:
-    """Outputs after sign-in, in the order of ``signed_in``: state, badge, panels, switch button, saved name, timer,
-    and the admin token (kept only when it made this tab admin; a wrong one is cleared)."""
-    kept = token if (r.is_admin and not auth) else ""
+def _signed_in(r: RaterView, auth: bool) -> tuple[Any, ...]:
+    """Outputs after sign-in, in the order of ``signed_in``: state, badge, panels, switch button, saved name, timer."""
     return (
         r,
         rater_badge(r),
@@ -121,8 +122,6 @@ def _signed_in(r: RaterView, auth: bool, token: str) -> tuple[Any, ...]:
         gr.Button(visible=not auth),
         r.name,
         gr.Timer(active=True),
-        kept,
-        kept,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.__main__ import launch_options
 from app.bootstrap import build_service
 from app.service import FeedbackService
 from app.settings import AppSettings
@@ -113,7 +114,7 @@ def serve(
     try:
         demo = build_ui(page_service(service) if page_service else service)
         service.start()
-        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch)
+        demo.launch(**{**launch_options(replace(settings, host="127.0.0.1")), **launch})
         try:
             yield LiveApp(f"http://127.0.0.1:{port}/", service, settings, demo)
         finally:
