@@ -29,9 +29,10 @@ from app.views import (
     Progress,
     RaterView,
     RatingRow,
+    VersionScore,
 )
 from storage.batches import list_batches, release_all_claims, requeue_failed_batch
-from storage.dashboard import counts
+from storage.dashboard import counts, trained_share, version_scores
 from storage.errors import AlreadyRated, BatchStateError, RatingLocked
 from storage.export import export_jsonl, export_parquet, pairwise_dataset
 from storage.history import training_history
@@ -195,6 +196,7 @@ class FeedbackService:
         version = self.publisher.version
         with self.db.read_session_factory.begin() as s:
             c = counts(s, use_auto_scores=reward.reward is not None)
+            share = trained_share(s)
             # counted here, not the generator's figure, which is only refreshed between its batches
             ready = count_unrated_unleased(s, min_policy_version=self.window.floor(version))
             quarantined = count_quarantined(s, reward.source) if reward.reward is not None else 0
@@ -209,6 +211,8 @@ class FeedbackService:
             "stale": c.stale,
             "ratings": c.ratings,
             "human_ratings": c.human_ratings,
+            "human_ratings_all": share.total,
+            "human_ratings_trained": share.trained,
             "auto_ratings": c.auto_ratings,
             "raters": c.raters,
             "quarantined": quarantined,
@@ -275,6 +279,12 @@ class FeedbackService:
                 )
                 self._history_last_id = step.id
             return list(self._history)
+
+    def version_scores(self) -> list[VersionScore]:
+        """Mean human score of each policy version's samples, oldest version first (versions nobody rated left out)."""
+        with self.db.read_session_factory.begin() as s:
+            rows = version_scores(s)
+        return [VersionScore(r.policy_version, r.mean_score, r.ratings) for r in rows]
 
     def recent_ratings(self, limit: int = 20) -> list[RatingRow]:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:

@@ -79,6 +79,15 @@ class HistoryPoint:
 
 
 @dataclass(frozen=True)
+class VersionScore:
+    """The human ratings of one policy version's samples, for the per-version plot."""
+
+    version: int
+    mean_score: float
+    ratings: int
+
+
+@dataclass(frozen=True)
 class RatingRow:
     """One recent rating."""
 

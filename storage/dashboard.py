@@ -6,12 +6,13 @@ from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
 from storage.queries import has_usable_score, is_open
-from storage.records import Counts
+from storage.records import Counts, TrainedShare, VersionScore
 from storage.schema import (
     BATCH_CLAIMED,
     BATCH_FAILED,
     BATCH_PENDING,
     BATCH_TRAINED,
+    HUMAN_SOURCE,
     Prompt,
     Rater,
     Rating,
@@ -52,6 +53,31 @@ def counts(s: Session, *, use_auto_scores: bool = True) -> Counts:
         auto_ratings=auto,
         raters=_count(s, select(func.count()).select_from(Rater)),
     )
+
+
+def version_scores(s: Session) -> list[VersionScore]:
+    """Mean human score per policy version of the rated sample, oldest version first; versions without a human
+    rating are left out. Reads every human rating (one grouped scan), so call it for a dashboard, not per click."""
+    stmt = (
+        select(Sample.policy_version, func.avg(Rating.score), func.count(Rating.id))
+        .join(Sample, Sample.id == Rating.sample_id)
+        .where(Rating.source == HUMAN_SOURCE)
+        .group_by(Sample.policy_version)
+        .order_by(Sample.policy_version)
+    )
+    return [VersionScore(int(v), float(mean), int(n)) for v, mean, n in s.execute(stmt).tuples()]
+
+
+def trained_share(s: Session) -> TrainedShare:
+    """Human ratings whose sample is in a trained batch, and all human ratings (one statement: a consistent pair)."""
+    trained, total = s.execute(
+        select(func.coalesce(func.sum(case((TrainingBatch.status == BATCH_TRAINED, 1), else_=0)), 0), func.count())
+        .select_from(Rating)
+        .join(Sample, Sample.id == Rating.sample_id)
+        .outerjoin(TrainingBatch, TrainingBatch.id == Sample.batch_id)
+        .where(Rating.source == HUMAN_SOURCE)
+    ).one()
+    return TrainedShare(trained=int(trained), total=int(total))
 
 
 def _count(s: Session, stmt: Select[int]) -> int:

@@ -271,3 +271,20 @@ class Counts:
     human_ratings: int
     auto_ratings: int
     raters: int
+
+
+@dataclass(frozen=True)
+class VersionScore:
+    """The human ratings of the samples one policy version wrote."""
+
+    policy_version: int
+    mean_score: float
+    ratings: int
+
+
+@dataclass(frozen=True)
+class TrainedShare:
+    """How many human ratings have been trained on (their sample is in a trained batch), of all of them."""
+
+    trained: int
+    total: int

@@ -11,7 +11,7 @@ import html
 
 import pandas as pd
 
-from app.views import Comparison, Dashboard, HistoryPoint, Progress, RaterView, RatingRow
+from app.views import Comparison, Dashboard, HistoryPoint, Progress, RaterView, RatingRow, VersionScore
 
 QUICK_LABELS = ("Bad", "Poor", "OK", "Good", "Great")
 PLOT_METRICS = {
@@ -83,14 +83,47 @@ def counts_text(counts: dict[str, int]) -> str:
     """Sample counts: the lifecycle (unrated -> scored -> trained) in bold, then the rest."""
     main = " · ".join(f"{k} **{counts[k]}**" for k in MAIN_COUNTS if k in counts)
     more = " · ".join(f"{k} {counts[k]}" for k in MORE_COUNTS if k in counts)
-    return f"Samples: {main}" + (f"  \n<small>{more}</small>" if more else "")
+    trained = ""
+    if "human_ratings_trained" in counts:
+        trained = "  \n" + trained_share_text(counts["human_ratings_trained"], counts["human_ratings_all"])
+    return f"Samples: {main}{trained}" + (f"  \n<small>{more}</small>" if more else "")
+
+
+def trained_share_text(trained: int, total: int) -> str:
+    """How much of the people's work the model has learned from so far."""
+    percent = f"{100 * trained / total:.0f}%" if total else "—"
+    return f"**{trained}** of {total} human ratings trained ({percent})"
+
+
+def axis_values(xs: list[int]) -> list[str]:
+    """Whole-number x values (steps, versions) as text categories, right-aligned with spaces.
+
+    A numeric axis over a short range of whole numbers gets fractional ticks ("1 2 2 3 3" with the "d" format);
+    categories have exactly one tick per point. They are padded (" 9" before "10") because the plot orders them
+    as text and the order has to come from the data itself: Gradio 6 hands a changed plot value to Vega as new
+    data only, so neither a ``sort`` list nor a switch to a numeric axis later reaches the chart.
+    """
+    width = max((len(str(x)) for x in xs), default=0)
+    return [str(x).rjust(width) for x in xs]
 
 
 def history_frame(points: list[HistoryPoint], metric: str) -> pd.DataFrame:
     """One metric per PPO step, for a LinePlot with x=step, y=value."""
     return pd.DataFrame(
-        {"step": [p.step for p in points], "value": [float(getattr(p, metric)) for p in points]},
+        {"step": axis_values([p.step for p in points]), "value": [float(getattr(p, metric)) for p in points]},
         columns=["step", "value"],
+    )
+
+
+def version_frame(scores: list[VersionScore]) -> pd.DataFrame:
+    """Mean human score per policy version, for a LinePlot with x=version, y=mean score."""
+    return pd.DataFrame(
+        {
+            "version": axis_values([v.version for v in scores]),
+            "mean score": [v.mean_score for v in scores],
+            "ratings": [v.ratings for v in scores],
+        },
+        columns=["version", "mean score", "ratings"],
     )
 
 

@@ -1,10 +1,10 @@
-"""The Watch tab: live training status, plots per PPO step, first-vs-current comparison, recent ratings; the admin
-panel (training controls and exports) for admins.
+"""The Watch tab: live training status, the first-vs-current comparison (open), the mean human score per version,
+plots per PPO step, recent ratings; the admin panel (training controls and exports) for admins.
 
-A 2 s timer refreshes the status, plots and table (it only ticks while the browser tab is visible). The plots are
-re-sent only when the number of PPO steps changed. Compare runs greedy generation, so it has its own concurrency
-group with limit 1 and never delays rating events. Everything here needs a signed-in user (checked against the
-request by ``service.signed_in``).
+A 2 s timer refreshes the status, plots and table (it only ticks while the browser tab is visible). The step plots
+are re-sent only when the number of PPO steps changed, the per-version plot only when its numbers changed.
+Compare runs greedy generation, so it has its own concurrency group with limit 1 and never delays rating events.
+Everything here needs a signed-in user (checked against the request by ``service.signed_in``).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from app.ui.formatting import (
     history_frame,
     recent_rows,
     steps_caption,
+    version_frame,
 )
 from app.ui.identity import caller_of
-from app.views import RaterView
+from app.views import RaterView, VersionScore
 
 WATCH_EVENTS: dict[str, Any] = {"concurrency_id": "watch", "concurrency_limit": 4, "show_progress": "hidden"}
 
@@ -49,7 +50,23 @@ def build_watch_tab(service: Service, rater: gr.State, token: gr.Textbox) -> Wat
     """Lay out the Watch tab inside the current Blocks context and wire its events."""
     status = gr.Markdown("Loading…", elem_id="dash-status")
     counts = gr.Markdown("", elem_id="dash-counts")
+    with gr.Accordion("Same prompt: first version vs current version", open=True, elem_id="compare"):
+        compare_prompt = gr.Textbox(label="Prompt (empty: a prompt from the dataset)", lines=1)
+        compare_btn = gr.Button("Compare (greedy)", elem_id="compare-btn")
+        with gr.Row():
+            first = gr.Textbox(label="First version", interactive=False, lines=5, elem_id="compare-first")
+            current = gr.Textbox(label="Current version", interactive=False, lines=5, elem_id="compare-current")
     admin, load_reward_source = build_admin_panel(service, token)
+    by_version = gr.LinePlot(
+        x="version",
+        y="mean score",
+        title="Mean human score per version",
+        height=220,
+        y_axis_format="~g",
+        tooltip="all",
+        elem_id="plot-versions",
+    )
+    seen_versions: gr.State = gr.State([])
     plots: list[gr.LinePlot] = []
     metrics = list(PLOT_METRICS.items())
     for row in (metrics[:2], metrics[2:]):
@@ -60,7 +77,6 @@ def build_watch_tab(service: Service, rater: gr.State, token: gr.Textbox) -> Wat
                     y="value",
                     title=title,
                     height=220,
-                    x_axis_format="d",
                     y_axis_format="~g",
                     elem_id=f"plot-{m}",
                 )
@@ -68,12 +84,6 @@ def build_watch_tab(service: Service, rater: gr.State, token: gr.Textbox) -> Wat
             ]
     steps = gr.Markdown("No PPO steps yet.", elem_id="steps-count")
     seen = gr.State(-1)
-    with gr.Accordion("Same prompt: first version vs current version", open=False):
-        compare_prompt = gr.Textbox(label="Prompt (empty: a prompt from the dataset)", lines=1)
-        compare_btn = gr.Button("Compare (greedy)", elem_id="compare-btn")
-        with gr.Row():
-            first = gr.Textbox(label="First version", interactive=False, lines=5, elem_id="compare-first")
-            current = gr.Textbox(label="Current version", interactive=False, lines=5, elem_id="compare-current")
     recent = gr.Dataframe(
         headers=RECENT_HEADERS,
         datatype="str",
@@ -105,11 +115,13 @@ def build_watch_tab(service: Service, rater: gr.State, token: gr.Textbox) -> Wat
         if points is None or len(points) == seen_steps:
             return tuple(gr.skip() for _ in range(len(plots) + 2))
         frames = [history_frame(points, metric) for metric in PLOT_METRICS]
-        return (
-            *frames,
-            steps_caption(points),
-            len(points),
-        )
+        return (*frames, steps_caption(points), len(points))
+
+    def on_versions(r: RaterView | None, shown_scores: list[VersionScore], request: gr.Request) -> tuple[Any, ...]:
+        scores = service.version_scores() if allowed(r, request) else None
+        if scores is None or scores == shown_scores:
+            return gr.skip(), gr.skip()
+        return version_frame(scores), scores
 
     def on_recent(r: RaterView | None, request: gr.Request) -> Any:
         return recent_rows(service.recent_ratings(20)) if allowed(r, request) else gr.skip()
@@ -128,9 +140,10 @@ def build_watch_tab(service: Service, rater: gr.State, token: gr.Textbox) -> Wat
     refreshers: list[tuple[Any, list[Any], list[Any]]] = [
         (on_status, [rater], [status, counts]),
         (on_history, [rater, seen], [*plots, steps, seen]),
+        (on_versions, [rater, seen_versions], [by_version, seen_versions]),
         (on_recent, [rater], [recent]),
     ]
-    for (fn, inputs, outputs), name in zip(refreshers, ("dashboard", "history", "recent")):
+    for (fn, inputs, outputs), name in zip(refreshers, ("dashboard", "history", "version_scores", "recent")):
         timer.tick(fn, inputs, outputs, api_name=name, **WATCH_EVENTS)
     compare_btn.click(
         on_compare,

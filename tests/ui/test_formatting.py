@@ -5,6 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.ui.formatting import (
+    axis_values,
     counts_text,
     history_frame,
     progress_text,
@@ -14,9 +15,11 @@ from app.ui.formatting import (
     recent_rows,
     status_text,
     steps_caption,
+    trained_share_text,
+    version_frame,
 )
 from app.ui.rate_tab import RateTab
-from app.views import Assignment, HistoryPoint, NextResult, Progress, RaterView, RatingRow
+from app.views import Assignment, HistoryPoint, NextResult, Progress, RaterView, RatingRow, VersionScore
 
 MARKUP = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
 
@@ -67,7 +70,7 @@ def test_counts_plots_and_recent_rows() -> None:
     assert text.startswith("Samples: unrated **3** · scored **2** · trained **8**") and "raters 2" in text
     points = [HistoryPoint(1, 1, 0.5, 0.01, -0.1, 0.3, "t"), HistoryPoint(2, 2, 0.7, 0.02, -0.2, 0.2, "t")]
     frame = history_frame(points, "mean_score")
-    assert frame["step"].tolist() == [1, 2] and frame["value"].tolist() == [0.5, 0.7]
+    assert frame["step"].tolist() == ["1", "2"] and frame["value"].tolist() == [0.5, 0.7]
     assert history_frame([], "kl").empty
     assert steps_caption([]) == "No PPO steps yet."
     assert steps_caption(points) == (
@@ -76,3 +79,30 @@ def test_counts_plots_and_recent_rows() -> None:
     row = RatingRow("2026-01-02 03:04:05", "ann", "human", 0.25, 4, "p" * 300, MARKUP)
     assert recent_rows([row])[0][:5] == ["03:04:05", "ann", "human", 0.25, "v4"]
     assert len(str(recent_rows([row])[0][5])) == 160 and recent_rows([row])[0][6] == MARKUP
+
+
+def test_the_share_of_human_ratings_trained_is_in_the_counts_block() -> None:
+    assert trained_share_text(3, 8) == "**3** of 8 human ratings trained (38%)"
+    assert trained_share_text(0, 0) == "**0** of 0 human ratings trained (—)"
+    counts = {"unrated": 1, "scored": 0, "trained": 4, "human_ratings_trained": 2, "human_ratings_all": 3}
+    lines = counts_text(counts).split("  \n")
+    assert lines[1] == "**2** of 3 human ratings trained (67%)", "on its own line, under the sample lifecycle"
+    assert "human ratings trained" not in counts_text({"unrated": 1})
+
+
+def test_whole_number_axes_never_get_fractional_ticks() -> None:
+    # A few points: text categories (no 1.5 tick can exist) that sort as text in numeric order: " 9" < "10".
+    steps = list(range(1, 12))
+    labels = axis_values(steps)
+    assert labels[0] == " 1" and labels[-1] == "11" and [x.strip() for x in labels] == [str(x) for x in steps]
+    assert sorted(labels) == labels
+    many = axis_values(list(range(1, 121)))
+    assert sorted(many) == many and many[-1] == "120" and many[8] == "  9"
+    assert axis_values([]) == []
+
+
+def test_the_per_version_plot_has_one_point_per_rated_version() -> None:
+    frame = version_frame([VersionScore(0, -0.25, 4), VersionScore(2, 0.5, 1)])
+    assert frame["version"].tolist() == ["0", "2"] and frame["mean score"].tolist() == [-0.25, 0.5]
+    assert frame["ratings"].tolist() == [4, 1]
+    assert version_frame([]).empty
