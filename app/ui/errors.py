@@ -16,7 +16,7 @@ from typing import Any, ParamSpec
 
 import gradio as gr
 
-from app.errors import SAFE_TO_SHOW, AccessDenied
+from app.errors import SAFE_TO_SHOW, AccessDenied, UserError
 from storage.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,5 @@ def error_text(e: Exception, where: str = "handler") -> str:
 def need(value: Any, what: str) -> Any:
     """``value`` unless it is None, else a ``UserError`` the page shows (e.g. "Sign in first")."""
     if value is None:
-        from app.errors import UserError
-
         raise UserError(what)
     return value
