@@ -259,7 +259,11 @@ def _claim_new(
     claimable = (is_open(), has_usable_score(use_auto_scores), lease_free(now))
     for _ in range(_CLAIM_TRIES):
         picked = s.scalars(
-            select(Sample.id).where(*claimable).order_by(Sample.policy_version.desc(), Sample.id.desc()).limit(size)
+            select(Sample.id)
+            .where(*claimable)
+            .order_by(Sample.policy_version.desc(), Sample.id.desc())
+            .limit(size)
+            .with_for_update(skip_locked=True)  # never wait on a rater's or another claimer's row: see samples._QUEUE
         ).all()
         if len(picked) < size:
             return None

@@ -59,6 +59,12 @@ _QUEUE = (
     .where(is_open(), lease_free(_NOW, _RATER), ~rated_by(_RATER), ~skipped_by(_RATER))
     .order_by(Sample.policy_version.desc(), Sample.human_n, Sample.id.desc())
     .limit(_CANDIDATES)
+    # PostgreSQL: never wait on a row another transaction holds. A compare-and-set UPDATE that waits for a claim and
+    # then fails its re-check still leaves the row locked by us (READ COMMITTED locks the newest version before it
+    # re-evaluates the WHERE), so a rater trying its next candidate while holding that row, and a claimer waiting
+    # for it while holding the candidate, deadlock. Rows locked here are ours, so the lease below cannot wait.
+    # SQLite ignores FOR UPDATE (BEGIN IMMEDIATE already serialises writers).
+    .with_for_update(skip_locked=True)
 )
 _RENEW_LEASE = (  # only while it is still ours: between the read and this write the lease may have expired and
     # been taken (PostgreSQL's READ COMMITTED), and a renewal must never hand a sample back to a second rater

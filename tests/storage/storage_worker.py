@@ -68,15 +68,29 @@ def claim_loop(
         out(f"TRAINED {batch.batch_id}")
 
 
+def reporting_errors(target: Callable[..., object], out: Callable[[str], None] = report) -> Callable[..., None]:
+    """``target`` run so that an exception becomes an ``ERROR`` line for the parent instead of a silent thread death."""
+
+    def run(*args: object) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:
+            out(f"ERROR {threading.current_thread().name} {type(exc).__name__}: {exc}".replace("\n", " "))
+            raise
+
+    return run
+
+
 def run_team(
     db: Database, raters: list[str], claimer: str | None, claimers: int, size: int, stop_file: Path | None
 ) -> None:
     """Rater threads and claimer threads sharing this process's engine, a session per operation each."""
     stop = threading.Event()
-    threads = [threading.Thread(target=rate_until_empty, args=(db, name)) for name in raters]
+    threads = [threading.Thread(target=reporting_errors(rate_until_empty), args=(db, name)) for name in raters]
     if claimer:
         threads += [
-            threading.Thread(target=claim_loop, args=(db, f"{claimer}-{i}", size, stop)) for i in range(claimers)
+            threading.Thread(target=reporting_errors(claim_loop), args=(db, f"{claimer}-{i}", size, stop))
+            for i in range(claimers)
         ]
     for t in threads:
         t.start()

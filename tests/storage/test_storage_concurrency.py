@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from storage_helpers import new_sample
-from storage_worker import rate_until_empty
+from storage_worker import rate_until_empty, reporting_errors
 
 import storage
 from storage import Database, StepIn
@@ -59,7 +60,8 @@ def _seed(db: Database, n_samples: int) -> None:
 
 
 def _rate_locally(db: Database, raters: list[str], lines: list[str]) -> list[threading.Thread]:
-    threads = [threading.Thread(target=rate_until_empty, args=(db, name, lines.append)) for name in raters]
+    rate = reporting_errors(rate_until_empty, lines.append)
+    threads = [threading.Thread(target=rate, args=(db, name, lines.append)) for name in raters]
     for t in threads:
         t.start()
     return threads
@@ -73,7 +75,8 @@ def test_threads_and_two_processes_rate_and_claim_exactly_once(db: Database, tmp
         assert r.ready.wait(60)
     local_lines: list[str] = []
     for t in _rate_locally(db, ["t1", "t2", "t3"], local_lines):
-        t.join(60)
+        t.join(120)
+        assert not t.is_alive(), "a local rater is still rating"
     for r in readers:
         assert r.raters_done.wait(60)
     stop_file.touch()  # the claimers drain what is left in full batches, then stop
@@ -81,6 +84,7 @@ def test_threads_and_two_processes_rate_and_claim_exactly_once(db: Database, tmp
         assert r.proc.wait(60) == 0
         r.join(5)
     lines = local_lines + [line for r in readers for line in r.lines]
+    assert [line for line in lines if line.startswith("ERROR")] == []
     _drain_leftovers(db, lines)
     _check(db, lines)
 
@@ -118,6 +122,8 @@ def _check(db: Database, lines: list[str]) -> None:
             .outerjoin(TrainingBatch, TrainingBatch.id == Sample.batch_id)
             .where(Sample.human_n > 0)
         ).all()
+        unclaimed = {sid for sid, *_ in scored} - set(in_claims)
+        assert not unclaimed, _rows(s, unclaimed)
         assert {sid for sid, *_ in scored} == set(in_claims)
         assert all(status == "trained" and score is not None for _, _, status, score in scored)
         per_sample = dict(s.execute(select(Rating.sample_id, func.count()).group_by(Rating.sample_id)).tuples().all())
@@ -125,3 +131,11 @@ def _check(db: Database, lines: list[str]) -> None:
         counts = storage.counts(s)
     assert (counts.scored_not_trained, counts.in_claimed_batches, counts.failed) == (0, 0, 0)
     assert counts.trained == len(in_claims) and counts.ratings == len(rated)
+
+
+def _rows(s: Session, sample_ids: set[int]) -> str:
+    """What a failure needs to say about samples left behind: their claim, lease and counters."""
+    cols = (Sample.id, Sample.batch_id, Sample.stale, Sample.human_n, Sample.lease_rater_id, Sample.lease_expires_at)
+    rows = s.execute(select(*cols).where(Sample.id.in_(sample_ids))).all()
+    ratings = s.execute(select(Rating.sample_id, Rating.rater_id, Rating.score).where(Rating.sample_id.in_(sample_ids)))
+    return f"scored but never claimed: {[tuple(r) for r in rows]}; their ratings: {[tuple(r) for r in ratings]}"
