@@ -31,7 +31,7 @@ from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
 from app.settings import AppSettings
-from app.shared_weights import SharedPublisher, WeightsFollower, read_version
+from app.shared_weights import SharedPublisher, WeightsFollower, local_path, read_version
 from app.staleness import StalenessWindow
 from app.startup import PromptSet, first_line, import_prompts, open_store, resume_version
 from app.trainer_worker import TrainerWorker
@@ -118,7 +118,7 @@ def load_front_end_models(settings: AppSettings, runtime: Runtime, db: Database)
         newest = newest_published(s)
     version = 0
     if newest is not None:
-        policy.load_state_dict(read_version(Path(newest.path), newest.sha256))
+        policy.load_state_dict(read_version(local_path(settings.published_dir, newest), newest.sha256))
         version = newest.version
         log.info("front-end starts with published version %d", version)
     return FrontEndModels(tokenizer, reference, policy, version)
@@ -156,7 +156,7 @@ def build_front_end(settings: AppSettings) -> FeedbackService:
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     extra = (
         Heartbeat(db, settings, errors, "serve", trainer=False),
-        WeightsFollower(db, publisher, errors, settings.poll_seconds),
+        WeightsFollower(db, publisher, settings.published_dir, errors, settings.poll_seconds),
     )
     trainer = RemoteTrainer(db, settings.heartbeat_expiry_s)
     parts = ServiceParts(

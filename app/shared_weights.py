@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from app.policy import PolicyPublisher
 from app.worker import ErrorLog, Worker
 from storage.engine import Database
-from storage.published import announce_version, forget_published, newest_published
+from storage.published import PublishedRecord, announce_version, forget_published, newest_published
 
 log = logging.getLogger(__name__)
 
@@ -116,22 +116,31 @@ class SharedPublisher(PolicyPublisher):
             self.share(entry.version, entry.state_dict)
 
 
+def local_path(folder: Path, record: PublishedRecord) -> Path:
+    """Where this machine finds an announced file: its name inside our own `--weights-dir` (the share may be
+    mounted at another path than on the trainer's machine)."""
+    return folder / Path(record.path).name
+
+
 class WeightsFollower(Worker):
     """In `rlhf-live serve`: loads each newer announced version into the local publisher (the generator's)."""
 
     name = "weights"
 
-    def __init__(self, db: Database, publisher: PolicyPublisher, errors: ErrorLog, poll_seconds: float) -> None:
+    def __init__(
+        self, db: Database, publisher: PolicyPublisher, folder: Path, errors: ErrorLog, poll_seconds: float
+    ) -> None:
         super().__init__(errors, poll_seconds)
         self.db = db
         self.publisher = publisher
+        self.folder = folder
 
     def tick(self) -> bool:
         with self.db.read_session_factory.begin() as s:
             newest = newest_published(s)
         if newest is None or newest.version <= self.publisher.version:
             return False
-        state = read_version(Path(newest.path), newest.sha256)
+        state = read_version(local_path(self.folder, newest), newest.sha256)
         self.publisher.publish(newest.version, state)
         log.info("loaded published version %d", newest.version)
         return True

@@ -50,7 +50,7 @@ def test_the_trainer_publishes_and_a_front_end_follows(tmp_path: Path, db: Datab
     trainer_side = SharedPublisher(0, _state(0.0), db, tmp_path / "w", "train@test", keep=2)
     trainer_side.share_current()  # version 0 is the model every front-end starts from: nothing to announce
     front = PolicyPublisher(0, _state(0.0))
-    follower = WeightsFollower(db, front, ErrorLog(), poll_seconds=0.05)
+    follower = WeightsFollower(db, front, tmp_path / "w", ErrorLog(), poll_seconds=0.05)
     assert not follower.tick()
     for version in (1, 2, 3):
         trainer_side.publish(version, _state(float(version)))
