@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from storage.errors import InvalidInput, StorageError
 from storage.queries import check_seconds, resolve_now, rowcount
 from storage.schema import BATCH_CLAIMED, BATCH_PENDING, ProcessOwner, TrainingBatch
-from storage.validation import MAX_NAME_CHARS, check_text
+from storage.validation import MAX_NAME_CHARS, check_int, check_text
 
 TRAINER_SLOT = "trainer"
 ROLES = ("all", "serve", "train")
@@ -42,6 +42,8 @@ class OwnerRecord:
     role: str
     trainer: bool
     """Holds the database's trainer slot."""
+    machine: str
+    pid: int
     started_at: datetime
     heartbeat_at: datetime
     stopped_at: datetime | None
@@ -49,7 +51,14 @@ class OwnerRecord:
 
 def _record(row: ProcessOwner) -> OwnerRecord:
     return OwnerRecord(
-        row.owner, row.role, row.sole_role == TRAINER_SLOT, row.started_at, row.heartbeat_at, row.stopped_at
+        row.owner,
+        row.role,
+        row.sole_role == TRAINER_SLOT,
+        row.machine,
+        row.pid,
+        row.started_at,
+        row.heartbeat_at,
+        row.stopped_at,
     )
 
 
@@ -59,7 +68,15 @@ def _alive(expiry_s: float, now: datetime) -> ColumnElement[bool]:
 
 
 def register_owner(
-    s: Session, owner: str, role: str, *, trainer: bool, expiry_s: float, now: datetime | None = None
+    s: Session,
+    owner: str,
+    role: str,
+    *,
+    trainer: bool,
+    expiry_s: float,
+    machine: str = "",
+    pid: int = 0,
+    now: datetime | None = None,
 ) -> OwnerRecord:
     """Register a starting process. With ``trainer``, take the database's trainer slot, freeing it first if its
     holder is dead; ``RoleTaken`` (nothing written) while a live process holds it."""
@@ -78,6 +95,8 @@ def register_owner(
         owner=owner,
         role=role,
         sole_role=TRAINER_SLOT if trainer else None,
+        machine=machine[:300],
+        pid=check_int(pid, "pid"),
         started_at=now,
         heartbeat_at=now,
         stopped_at=None,

@@ -260,6 +260,9 @@ class ProcessOwner(Base):
     owner: Mapped[str] = mapped_column(String(200), primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
     sole_role: Mapped[str | None] = mapped_column(String(16), unique=True)
+    machine: Mapped[str] = mapped_column(String(300))
+    """Host name and PID namespace: a process on the same machine can tell whether ``pid`` still runs."""
+    pid: Mapped[int]
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]

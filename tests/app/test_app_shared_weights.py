@@ -3,6 +3,8 @@ the heartbeat registers this process's owner and a second trainer is refused. No
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,13 +13,13 @@ import pytest
 import torch
 
 from app.errors import StartupError
-from app.ownership import Heartbeat
+from app.ownership import Heartbeat, this_machine
 from app.policy import PolicyPublisher
 from app.settings import AppSettings
 from app.shared_weights import CorruptWeights, SharedPublisher, WeightsFollower, read_version, write_version
 from app.worker import ErrorLog
 from storage.engine import Database, open_database
-from storage.owners import live_owners
+from storage.owners import live_owners, register_owner
 from storage.published import list_published
 
 
@@ -97,3 +99,18 @@ def test_a_role_is_the_first_argument_and_everything_else_is_options() -> None:
     assert split_role(["train"]) == ("train", [])
     assert split_role(["--port", "7861"]) == ("all", ["--port", "7861"])  # today's all-in-one
     assert split_role(["--model", "serve"]) == ("all", ["--model", "serve"])  # only the first word names a role
+
+
+def test_a_restart_on_the_same_machine_does_not_wait_for_a_killed_owners_expiry(tmp_path: Path, db: Database) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a PID that no longer runs
+    settings = replace(AppSettings(data_dir=tmp_path), heartbeat_s=1.0, heartbeat_expiry_s=600.0)
+    with db.session_factory.begin() as s:
+        register_owner(s, "train@killed", "train", trainer=True, expiry_s=600.0, machine=this_machine(), pid=gone.pid)
+        register_owner(s, "train@elsewhere", "serve", trainer=False, expiry_s=600.0, machine="other", pid=gone.pid)
+    started = time.monotonic()
+    Heartbeat(db, settings, ErrorLog(), "train", trainer=True).register()  # no 600 s wait
+    assert time.monotonic() - started < 5
+    with db.read_session_factory.begin() as s:
+        alive = {o.owner for o in live_owners(s, 600.0)}
+    assert "train@killed" not in alive and "train@elsewhere" in alive  # another machine's PIDs mean nothing here

@@ -22,6 +22,8 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(length=200), nullable=False),
         sa.Column("role", sa.String(length=16), nullable=False),
         sa.Column("sole_role", sa.String(length=16), nullable=True),
+        sa.Column("machine", sa.String(length=300), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
         sa.Column("started_at", sa.DateTime(), nullable=False),
         sa.Column("heartbeat_at", sa.DateTime(), nullable=False),
         sa.Column("stopped_at", sa.DateTime(), nullable=True),
