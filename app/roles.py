@@ -210,7 +210,9 @@ def build_trainer_process(settings: AppSettings) -> TrainerProcess:
     loaded = resume.state.version if resume else 0
     window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
     state = copy_state(models.trainer.accelerator.unwrap_model(models.trainer.model))
-    publisher = SharedPublisher(version, state, db, settings.published_dir, heartbeat.owner, settings.keep_checkpoints)
+    publisher = SharedPublisher(
+        version, state, db, settings.published_dir, heartbeat.owner, settings.keep_checkpoints, errors
+    )
     checkpoint = resume.state.version if resume else None
     trainer = TrainerWorker(
         db,

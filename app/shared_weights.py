@@ -87,13 +87,19 @@ class SharedPublisher(PolicyPublisher):
         folder: Path,
         owner: str,
         keep: int,
+        errors: ErrorLog,
     ) -> None:
         super().__init__(version, state_dict)
-        self.db, self.folder, self.owner, self.keep = db, folder, owner, keep
+        self.db, self.folder, self.owner, self.keep, self.errors = db, folder, owner, keep, errors
 
     def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Publish in-process, then share. A failed share (a full disk, the database down) is recorded for the
+        dashboard and the log; the step stands, and front-ends catch up with the next version shared."""
         super().publish(version, state_dict)
-        self.share(version, state_dict)
+        try:
+            self.share(version, state_dict)
+        except Exception as err:
+            self.errors.record("publisher", err)
 
     def share(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Write and announce `version` unless a version at least as new is announced already (a restart)."""

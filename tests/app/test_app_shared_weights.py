@@ -49,7 +49,8 @@ def test_a_version_is_written_whole_and_a_damaged_file_is_refused(tmp_path: Path
 
 
 def test_the_trainer_publishes_and_a_front_end_follows(tmp_path: Path, db: Database) -> None:
-    trainer_side = SharedPublisher(0, _state(0.0), db, tmp_path / "w", "train@test", keep=2)
+    errors = ErrorLog()
+    trainer_side = SharedPublisher(0, _state(0.0), db, tmp_path / "w", "train@test", keep=2, errors=errors)
     trainer_side.share_current()  # version 0 is the model every front-end starts from: nothing to announce
     front = PolicyPublisher(0, _state(0.0))
     follower = WeightsFollower(db, front, tmp_path / "w", ErrorLog(), poll_seconds=0.05)
@@ -62,9 +63,19 @@ def test_the_trainer_publishes_and_a_front_end_follows(tmp_path: Path, db: Datab
     with db.read_session_factory.begin() as s:
         assert [r.version for r in list_published(s)] == [2, 3]  # the older file is gone with its record
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["v2.safetensors", "v3.safetensors"]
-    restarted = SharedPublisher(3, _state(9.0), db, tmp_path / "w", "train@again", keep=2)
+    restarted = SharedPublisher(3, _state(9.0), db, tmp_path / "w", "train@again", keep=2, errors=errors)
     restarted.share_current()  # already announced: never rewritten with other weights
     assert read_version(tmp_path / "w" / "v3.safetensors", _digest(db, 3))["v_head.bias"].item() == 3.0
+    assert errors.all() == []
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    trainer_side.folder = blocked  # cannot be written into: version 4 is live here and recorded, not shared
+    trainer_side.publish(4, _state(4.0))
+    trainer_side.folder = tmp_path / "w"
+    assert trainer_side.version == 4 and [e.worker for e in errors.all()] == ["publisher"]
+    assert not follower.tick() and front.version == 3
+    trainer_side.publish(5, _state(5.0))
+    assert follower.tick() and front.version == 5
 
 
 def _digest(db: Database, version: int) -> str:
@@ -73,7 +84,7 @@ def _digest(db: Database, version: int) -> str:
 
 
 def test_the_heartbeat_registers_beats_and_a_second_trainer_is_refused(tmp_path: Path, db: Database) -> None:
-    settings = replace(AppSettings(data_dir=tmp_path), heartbeat_s=0.05, heartbeat_expiry_s=0.5)
+    settings = replace(AppSettings(data_dir=tmp_path), heartbeat_s=0.2, heartbeat_expiry_s=3.0)
     first = Heartbeat(db, settings, ErrorLog(), "train", trainer=True)
     first.start()
     try:
@@ -83,12 +94,12 @@ def test_the_heartbeat_registers_beats_and_a_second_trainer_is_refused(tmp_path:
         front = Heartbeat(db, settings, ErrorLog(), "serve", trainer=False)
         front.register()
         with db.read_session_factory.begin() as s:
-            assert {o.owner for o in live_owners(s, 0.5)} == {first.owner, front.owner}
+            assert {o.owner for o in live_owners(s, 3.0)} == {first.owner, front.owner}
     finally:
         first.stop()
         first.join(5)
     with db.read_session_factory.begin() as s:
-        assert first.owner not in {o.owner for o in live_owners(s, 0.5)}  # a clean stop frees the slot at once
+        assert first.owner not in {o.owner for o in live_owners(s, 3.0)}  # a clean stop frees the slot at once
     Heartbeat(db, settings, ErrorLog(), "train", trainer=True).register()
 
 
