@@ -158,6 +158,13 @@ class _Rows:
         return self.conn.exec_driver_sql(sql)
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny model and the prompts file, made once for the module (a model takes ~10 s to write here)."""
+    root = tmp_path_factory.mktemp("roles")
+    return tiny_model(root / "tiny"), write_prompts(root / "prompts.jsonl")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
@@ -169,10 +176,11 @@ def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     cluster.drop(url)
 
 
-def test_one_trainer_and_two_front_ends_share_a_database(tmp_path: Path, shared_db: str) -> None:
+def test_one_trainer_and_two_front_ends_share_a_database(
+    tmp_path: Path, shared_db: str, tiny: tuple[Path, Path]
+) -> None:
     started = time.monotonic()
-    model = tiny_model(tmp_path / "tiny")
-    prompts = write_prompts(tmp_path / "prompts.jsonl")
+    model, prompts = tiny
     data = tmp_path / "data"
 
     def launch(role: str, name: str) -> RoleProcess:
@@ -296,10 +304,9 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, procs: dict[str,
         time.sleep(0.3)
 
 
-def test_a_second_trainer_on_the_same_database_is_refused(tmp_path: Path) -> None:
-    """`rlhf-live train` twice on one database: the second exits with a clear error, writing nothing."""
-    model = tiny_model(tmp_path / "tiny")
-    prompts = write_prompts(tmp_path / "prompts.jsonl")
+def test_a_second_trainer_on_the_same_database_is_refused(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
+    """`rlhf-live train` twice on one database: the second exits with a clear error."""
+    model, prompts = tiny
     config = RoleConfig("train", model, prompts, tmp_path / "data", f"sqlite:///{tmp_path / 'shared.db'}")
     first = RoleProcess(config, tmp_path / "first.log")
     try:
