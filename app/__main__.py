@@ -97,10 +97,14 @@ def train(settings: AppSettings) -> int:
     from app.roles import build_trainer_process
 
     process = build_trainer_process(settings)
+    try:
+        process.start()  # a second live trainer on the database is refused here (StartupError)
+    except BaseException:
+        process.db.close()
+        raise
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    process.start()
     sys.stdout.write(f"Training at version {process.publisher.version}; publishing to {settings.published_dir}\n")
     sys.stdout.flush()
     try:

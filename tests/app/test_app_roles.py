@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import random
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +24,6 @@ import sqlalchemy as sa
 
 from bench.app_process import (
     PYTHON,
-    ROOT,
     AppProcess,
     RaterLog,
     SimulatedRater,
@@ -302,20 +300,3 @@ def _wait(check: Callable[[], bool], timeout: float, what: str, procs: dict[str,
             tails = "\n".join(f"--- {n}\n{p.log_tail(1500)}" for n, p in procs.items())
             raise AssertionError(f"timed out waiting for {what}\n{tails}")
         time.sleep(0.3)
-
-
-def test_a_second_trainer_on_the_same_database_is_refused(tmp_path: Path, tiny: tuple[Path, Path]) -> None:
-    """`rlhf-live train` twice on one database: the second exits with a clear error."""
-    model, prompts = tiny
-    config = RoleConfig("train", model, prompts, tmp_path / "data", f"sqlite:///{tmp_path / 'shared.db'}")
-    first = RoleProcess(config, tmp_path / "first.log")
-    try:
-        first.wait_ready(120)
-        second = subprocess.run(config.argv(1), capture_output=True, text=True, timeout=120, cwd=ROOT)
-        assert second.returncode == 2
-        assert "another trainer is alive on this database" in second.stderr
-        assert first.proc.poll() is None
-        assert first.stop() == 0
-    finally:
-        if first.proc.poll() is None:
-            first.kill()
