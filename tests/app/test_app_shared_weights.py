@@ -125,3 +125,12 @@ def test_a_restart_on_the_same_machine_does_not_wait_for_a_killed_owners_expiry(
     with db.read_session_factory.begin() as s:
         alive = {o.owner for o in live_owners(s, 600.0)}
     assert "train@killed" not in alive and "train@elsewhere" in alive  # another machine's PIDs mean nothing here
+
+
+def test_heartbeat_settings_are_checked_and_the_weights_folder_defaults_to_the_data_dir(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--heartbeat-expiry-s .* at least twice --heartbeat-s"):
+        AppSettings(heartbeat_s=5.0, heartbeat_expiry_s=9.0)
+    with pytest.raises(ValueError, match="--heartbeat-s must be a number > 0"):
+        AppSettings(heartbeat_s=0.0)
+    assert AppSettings(data_dir=tmp_path).published_dir == tmp_path / "weights"
+    assert AppSettings(data_dir=tmp_path, weights_dir=Path("/mnt/w")).published_dir == Path("/mnt/w")
