@@ -128,7 +128,7 @@ def test_a_restart_on_the_same_machine_does_not_wait_for_a_killed_owners_expiry(
 
 
 def test_heartbeat_settings_are_checked_and_the_weights_folder_defaults_to_the_data_dir(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--heartbeat-expiry-s .* at least twice --heartbeat-s"):
+    with pytest.raises(ValueError, match=r"--heartbeat-expiry-s .* at least twice --heartbeat-s"):
         AppSettings(heartbeat_s=5.0, heartbeat_expiry_s=9.0)
     with pytest.raises(ValueError, match="--heartbeat-s must be a number > 0"):
         AppSettings(heartbeat_s=0.0)
