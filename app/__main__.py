@@ -1,4 +1,7 @@
-"""`python -m app` / `rlhf-live`: parse the options, build the service and the Gradio page, serve until Ctrl-C."""
+"""`python -m app` / `rlhf-live`: parse the options, build the service and the Gradio page, serve until Ctrl-C.
+
+`rlhf-live serve` runs a rating front-end only and `rlhf-live train` the trainer only, on one shared database and
+weights folder (app/roles.py, docs/deployment.md); with no role, everything runs in one process."""
 
 from __future__ import annotations
 
@@ -21,6 +24,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("app")
 
 MAX_UPLOAD = "1kb"
+ROLE_NAMES = ("serve", "train")
+"""The first argument may name a role; the options are the same for each (app/settings.py)."""
+
+
+def split_role(argv: Sequence[str] | None) -> tuple[str, list[str]]:
+    """`["serve", "--port", "7861"]` -> `("serve", ["--port", "7861"])`; no role named -> `"all"`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ROLE_NAMES:
+        return args[0], args[1:]
+    return "all", args
 
 
 def check_port(host: str, port: int) -> None:
@@ -79,16 +92,49 @@ def serve(service: FeedbackService, settings: AppSettings) -> None:
         demo.close()
 
 
+def train(settings: AppSettings) -> int:
+    """`rlhf-live train`: run the trainer until SIGINT/SIGTERM (then finish the step and checkpoint); 1 if it died."""
+    from app.roles import build_trainer_process
+
+    process = build_trainer_process(settings)
+    try:
+        process.start()  # a second live trainer on the database is refused here (StartupError)
+    except BaseException:
+        process.db.close()
+        raise
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    sys.stdout.write(f"Training at version {process.publisher.version}; publishing to {settings.published_dir}\n")
+    sys.stdout.flush()
+    try:
+        while not done.wait(1.0) and process.trainer.alive:
+            pass
+    finally:
+        log.info("stopping: finishing the current step and saving a checkpoint")
+        process.stop()
+    return 1 if process.trainer.fatal is not None else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    settings = parse_settings(argv)
+    role, args = split_role(argv)
+    settings = parse_settings(args)
     os.umask(0o077)  # the database, checkpoints and exports (raters' names and scores) are the operator's alone
     try:
+        if role == "train":
+            return train(settings)
         check_port(settings.host, settings.port)
-        from app.bootstrap import build_service  # torch and transformers: after the quick checks
+        # torch and transformers: after the quick checks
+        if role == "serve":
+            from app.roles import build_front_end
 
-        service = build_service(settings)
+            service = build_front_end(settings)
+        else:
+            from app.bootstrap import build_service
+
+            service = build_service(settings)
         serve(service, settings)
     except StartupError as err:
         sys.stderr.write(f"rlhf-live: error: {err}\n")

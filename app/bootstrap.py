@@ -13,6 +13,7 @@ from app.checkpoints import find_resume_point
 from app.errors import StartupError
 from app.generator import GeneratorWorker
 from app.models import ModelLoadError, choose_runtime, load_models
+from app.ownership import Heartbeat
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher, copy_state
 from app.reward_source import RewardControl
@@ -46,6 +47,7 @@ def build_service(settings: AppSettings) -> FeedbackService:
         raise
     loaded = resume.state.version if resume else 0
     window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
+    heartbeat = Heartbeat(db, settings, errors, "all", trainer=True)  # claims carry its owner id (app.ownership)
     trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
     publisher = PolicyPublisher(version, copy_state(trainer_model))
     generator = GeneratorWorker(
@@ -61,9 +63,11 @@ def build_service(settings: AppSettings) -> FeedbackService:
         rewards.use_auto_scores,
         resume.state.version if resume else None,
         window,
+        owner=heartbeat.owner,
     )
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window)
+    parts.extra_workers = (heartbeat,)
     log.info("service ready: model %s at version %d on %s", settings.model, version, runtime.device)
     return FeedbackService(settings, parts)

@@ -44,9 +44,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="rlhf-live",
-        usage="%(prog)s [options]  (--help lists them)",
+        usage="%(prog)s [serve | train] [options]  (--help lists them)",
         description="Rate a language model's responses in the browser; every full batch of scores becomes a PPO "
-        "step and the new weights go live.",
+        "step and the new weights go live. `serve` runs a rating front-end only, `train` the trainer only, on a "
+        "shared --db and --weights-dir (docs/deployment.md); with neither, everything runs in one process.",
         epilog=f"Every option can also be set as {ENV_PREFIX}<OPTION> (e.g. {ENV_PREFIX}BATCH_SIZE=4); the command "
         "line overrides it. Serving beyond loopback (or --share) needs --auth.",
         argument_default=argparse.SUPPRESS,

@@ -96,3 +96,5 @@ class ServiceParts:
     trainer: TrainerPart
     reward_worker: RewardWorkerPart
     window: StalenessWindow
+    extra_workers: tuple[WorkerPart, ...] = ()
+    """Started before and stopped after the three workers (app.ownership's heartbeat, app.shared_weights' follower)."""

@@ -5,7 +5,9 @@ A step's batch is recorded as trained when the step is, but its weights reach th
 checkpoint that fails its manifest, the weights loaded are those of an older version than storage's newest step.
 `recover_training` makes storage agree with them before the trainer claims anything:
 
-- batches left claimed go back to pending (whatever their attempts: a crash is not the batch's fault);
+- batches left claimed by this process's owner or by a dead one (storage.owners: its heartbeat expired, or it never
+  registered) go back to pending, whatever their attempts: a crash is not the batch's fault; another live
+  process's claims are never touched;
 - steps newer than the loaded checkpoint move to `lost_steps` and their batches back to pending: they are trained
   again before any new batch, and never marked stale (their stored behaviour log-probs correct for their age);
   their version numbers stay retired (`startup.resume_version` counts them);
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.checkpoints import clean_checkpoint_dir
-from storage.batches import release_all_claims
 from storage.engine import Database
 from storage.history import forget_checkpoints, list_checkpoints, retire_steps_after
+from storage.owners import release_orphaned_claims
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +47,15 @@ class Recovery:
     """Names of removed folders in the checkpoint folder."""
 
 
-def recover_training(db: Database, checkpoint_dir: Path, loaded_version: int | None) -> Recovery:
+def recover_training(
+    db: Database, checkpoint_dir: Path, loaded_version: int | None, owner: str, expiry_s: float
+) -> Recovery:
     """Bring storage and the checkpoint folder in line with the weights loaded (`loaded_version`: the resume
-    point's version, None when training starts from the initial model)."""
+    point's version, None when training starts from the initial model). `owner` is the trainer's owner id; claims
+    of owners whose heartbeat is older than `expiry_s` are freed too."""
     loaded = loaded_version or 0
     with db.session_factory.begin() as s:
-        claims = release_all_claims(s)
+        claims = release_orphaned_claims(s, owner, expiry_s)
         lost = retire_steps_after(s, loaded)
         newer = [c.version for c in list_checkpoints(s) if c.version > loaded]
         forget_checkpoints(s, newer)

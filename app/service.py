@@ -31,7 +31,7 @@ from app.views import (
     RatingRow,
     VersionScore,
 )
-from storage.batches import list_batches, release_all_claims, requeue_failed_batch
+from storage.batches import list_batches, requeue_failed_batch
 from storage.dashboard import counts, trained_share, version_scores
 from storage.errors import AlreadyRated, BatchStateError, RatingLocked
 from storage.export import export_jsonl, export_parquet, pairwise_dataset
@@ -66,6 +66,7 @@ class FeedbackService:
         self.reward_worker = parts.reward_worker
         self.window = parts.window
         self._workers = (self.generator, self.trainer, self.reward_worker)
+        self._extra_workers = parts.extra_workers
         self._history: list[HistoryPoint] = []
         self._history_last_id = 0
         self._history_lock = threading.Lock()
@@ -73,14 +74,11 @@ class FeedbackService:
 
     # --------------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Re-queue batches a crash left claimed, then start the generator, trainer and reward threads."""
+        """Start the extra workers (the heartbeat registers this process's owner first), then the generator,
+        trainer and reward threads; the trainer re-queues claims a dead process left (app.recovery)."""
         if self._started:
             return
-        with self.db.session_factory.begin() as s:
-            released = release_all_claims(s)
-        if released:
-            log.warning("re-queued training batches %s left claimed by a previous run", released)
-        for worker in self._workers:
+        for worker in (*self._extra_workers, *self._workers):
             worker.start()
         self._started = True
 
@@ -89,10 +87,11 @@ class FeedbackService:
         if self._stopped:
             return
         self._stopped = True
-        for worker in self._workers:
-            worker.stop()
-        for worker in self._workers:
-            worker.join(STOP_TIMEOUT_S)
+        for group in (self._workers, self._extra_workers):  # the heartbeat beats until the trainer has stopped
+            for worker in group:
+                worker.stop()
+            for worker in group:
+                worker.join(STOP_TIMEOUT_S)
         self.db.close()
         log.info("service stopped at version %d", self.publisher.version)
 

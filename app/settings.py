@@ -41,6 +41,9 @@ class AppSettings:
     """Where the SQLite file, checkpoints and exports go."""
     db: str | None = None
     """A SQLAlchemy URL; None = `sqlite:///<data_dir>/feedback.db`."""
+    weights_dir: Path | None = None
+    """Where `rlhf-live train` publishes each new policy version for the `serve` front-ends (a folder they all
+    read, e.g. on shared disk); None = `<data_dir>/weights`."""
     reward: str = "human"
     """`human`, or an automatic reward: `vader`, `length[:N]`, a classifier folder[#LABEL], `module:function`."""
     reward_choices: tuple[str, ...] = ("human", "vader", "length:40")
@@ -93,6 +96,11 @@ class AppSettings:
     """How long a sample shown to a rater stays reserved for them."""
     poll_seconds: float = 0.5
     """How often idle workers look for work (they are also woken by ratings)."""
+    heartbeat_s: float = 5.0
+    """How often a process refreshes its heartbeat in the database (its training claims carry its owner id)."""
+    heartbeat_expiry_s: float = 30.0
+    """A process whose heartbeat is older than this is dead: start-up recovery frees its claims (and a trainer's
+    restart after a crash waits at most this long for the dead one's slot)."""
 
     host: str = "127.0.0.1"
     """Interface the web server listens on (0.0.0.0 for every interface; beyond loopback needs --auth)."""
@@ -118,6 +126,7 @@ class AppSettings:
         self._check_server()
         self._check_access()
         self._check_exposure()
+        self._check_heartbeat()
 
     def _check_training(self) -> None:
         for name in (
@@ -218,6 +227,17 @@ class AppSettings:
             "add --auth user:pass (and --admins), or --insecure-no-auth"
         )
 
+    def _check_heartbeat(self) -> None:
+        for name in ("heartbeat_s", "heartbeat_expiry_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{option(name)} must be a number > 0, got {value!r}")
+        if self.heartbeat_expiry_s < 2 * self.heartbeat_s:
+            raise ValueError(
+                f"--heartbeat-expiry-s ({self.heartbeat_expiry_s}) must be at least twice --heartbeat-s "
+                f"({self.heartbeat_s}), or one late beat would declare a live process dead"
+            )
+
     @property
     def db_url(self) -> str:
         """The database URL, defaulting to a SQLite file in the data folder."""
@@ -234,6 +254,10 @@ class AppSettings:
     @property
     def checkpoint_dir(self) -> Path:
         return self.data_dir / "checkpoints"
+
+    @property
+    def published_dir(self) -> Path:
+        return self.weights_dir if self.weights_dir is not None else self.data_dir / "weights"
 
     @property
     def export_dir(self) -> Path:

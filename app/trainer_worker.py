@@ -131,6 +131,7 @@ class TrainerWorker(Worker):
         use_auto_scores: Callable[[], bool],
         checkpoint_version: int | None,
         window: StalenessWindow | None = None,
+        owner: str | None = None,
     ) -> None:
         super().__init__(errors, settings.poll_seconds)
         self.db = db
@@ -141,7 +142,8 @@ class TrainerWorker(Worker):
         self.use_auto_scores = use_auto_scores
         self.window = window or StalenessWindow(settings.max_staleness)
         self.paused = threading.Event()
-        self.claimer = f"trainer@{socket.gethostname()}:{os.getpid()}"
+        self.claimer = owner or f"trainer@{socket.gethostname()}:{os.getpid()}"
+        """The owner id its claims carry (app.ownership): the process's heartbeat says whether it lives."""
         self.config_record = {**json_config(trainer.config.to_dict()), "max_staleness": settings.max_staleness}
         self.status = TrainerStatus("starting", publisher.version, 0, None, None, None, checkpoint_version, None)
         self.faults = FailureTracker(settings.pause_after_failures, settings.retry_backoff_s, settings.max_backoff_s)
@@ -167,7 +169,8 @@ class TrainerWorker(Worker):
     def recover(self) -> None:
         """Start-up recovery (app.recovery), once, before the first claim; the composition root may call it first."""
         if not self._recovered and self.status.steps == 0:
-            recover_training(self.db, self.settings.checkpoint_dir, self.loaded_version)
+            expiry = self.settings.heartbeat_expiry_s
+            recover_training(self.db, self.settings.checkpoint_dir, self.loaded_version, self.claimer, expiry)
         self._recovered = True
 
     def teardown(self) -> None:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # The Alembic revision this code's tables correspond to (storage/migrations/versions/).
-SCHEMA_VERSION: Final = "0003"
+SCHEMA_VERSION: Final = "0005"
 
 HUMAN_SOURCE: Final = "human"
 ROLES: Final = ("rater", "admin", "model")
@@ -246,3 +246,35 @@ class ScoreQuarantine(Base):
     source: Mapped[str] = mapped_column(String(200), primary_key=True)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class ProcessOwner(Base):
+    """A process of the app that may hold claims (revision 0005): `rlhf-live train`, `serve` or the all-in-one.
+
+    ``owner`` is the id it writes into ``training_batches.claimed_by``; it refreshes ``heartbeat_at`` while it
+    lives. A process whose heartbeat is older than the expiry, or that wrote ``stopped_at``, is dead: its claims
+    may be released by anyone's start-up recovery. ``sole_role`` is unique (NULLs are not): the trainer of a
+    database sets it to ``trainer``, so a second live trainer cannot register, on any backend."""
+
+    __tablename__ = "process_owners"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    sole_role: Mapped[str | None] = mapped_column(String(16), unique=True)
+    machine: Mapped[str] = mapped_column(String(300))
+    """Host name and PID namespace: a process on the same machine can tell whether ``pid`` still runs."""
+    pid: Mapped[int]
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]
+
+
+class PublishedVersion(Base):
+    """A policy version the trainer wrote to the shared weights folder (revision 0005), announced for the
+    front-ends: ``path`` was renamed into place and fsynced before this row was committed."""
+
+    __tablename__ = "published_versions"
+    version: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    path: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64))
+    published_by: Mapped[str] = mapped_column(String(200))
+    published_at: Mapped[datetime]

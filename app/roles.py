@@ -1,0 +1,230 @@
+"""The app as separate processes sharing one database and one weights folder (docs/deployment.md).
+
+- `rlhf-live serve`: the rating page, a generator and a reward worker. No trainer: it follows the versions that
+  `rlhf-live train` publishes (app.shared_weights), and its page's training controls say where training runs.
+  Any number of them may share a database: rater leases and every claim are compare-and-set rows (storage).
+- `rlhf-live train`: the trainer alone (claims batches, steps, checkpoints, publishes versions); one per database
+  (its heartbeat row holds the trainer slot, app.ownership).
+- `rlhf-live` with no role: everything in one process, as app.bootstrap wires it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sqlalchemy.exc import IntegrityError
+
+from app.access import Access
+from app.checkpoints import find_resume_point
+from app.errors import StartupError, UserError
+from app.generator import GeneratorWorker
+from app.models import ModelLoadError, Runtime, choose_runtime, load_models, load_tokenizer
+from app.ownership import Heartbeat
+from app.parts import ServiceParts
+from app.policy import PolicyPublisher, copy_state
+from app.reward_source import RewardControl
+from app.reward_worker import RewardWorker
+from app.service import FeedbackService
+from app.settings import AppSettings
+from app.shared_weights import SharedPublisher, WeightsFollower, local_path, read_version
+from app.staleness import StalenessWindow
+from app.startup import PromptSet, first_line, import_prompts, open_store, resume_version
+from app.trainer_worker import TrainerWorker
+from app.worker import ErrorLog, ErrorRecord
+from ppo_core import AutoModelForCausalLMWithValueHead, create_reference_model, set_seed
+from ppo_core.registry import resolve_model
+from storage.engine import Database
+from storage.owners import live_owners
+from storage.published import newest_published
+
+log = logging.getLogger(__name__)
+
+ROLES = ("serve", "train")
+TRAINING_ELSEWHERE = "training runs in the `rlhf-live train` process; pause, resume and checkpoint it there"
+
+
+# ------------------------------------------------------------------------------------------------- serve
+class _RemotePause(threading.Event):
+    """The page's pause switch in a front-end: training is another process's, so setting it is refused."""
+
+    def set(self) -> None:
+        raise UserError(TRAINING_ELSEWHERE)
+
+
+@dataclass(frozen=True)
+class RemoteTrainerStatus:
+    state: str
+    last_step_s: float | None = None
+    last_error: str | None = None
+    paused_reason: str | None = None
+
+
+class RemoteTrainer:
+    """The trainer part of a front-end: no thread; its state is whether a live trainer holds the slot."""
+
+    def __init__(self, db: Database, expiry_s: float) -> None:
+        self.db, self.expiry_s = db, expiry_s
+        self.wake = threading.Event()
+        self.paused: threading.Event = _RemotePause()
+        self.fatal: ErrorRecord | None = None
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def join(self, timeout: float | None = None) -> bool:
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    @property
+    def status(self) -> RemoteTrainerStatus:
+        with self.db.read_session_factory.begin() as s:
+            trainer = any(o.trainer for o in live_owners(s, self.expiry_s))
+        return RemoteTrainerStatus("waiting" if trainer else "stopped")
+
+    def request_checkpoint(self) -> Path:
+        raise UserError(TRAINING_ELSEWHERE)
+
+
+@dataclass
+class FrontEndModels:
+    tokenizer: object
+    reference: torch.nn.Module
+    policy: AutoModelForCausalLMWithValueHead
+    version: int
+
+
+def load_front_end_models(settings: AppSettings, runtime: Runtime, db: Database) -> FrontEndModels:
+    """The tokenizer, the initial model (the reference: version 0) and a copy holding the newest published version."""
+    set_seed(settings.seed)
+    try:
+        folder = resolve_model(settings.model)
+        tokenizer = load_tokenizer(folder)
+        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for unloadable models
+        raise ModelLoadError(f"cannot load model {settings.model!r}: {first_line(err)}") from err
+    reference = create_reference_model(initial)
+    policy = copy.deepcopy(initial).to(runtime.device).eval()
+    policy.requires_grad_(False)
+    with db.read_session_factory.begin() as s:
+        newest = newest_published(s)
+    version = 0
+    if newest is not None:
+        policy.load_state_dict(read_version(local_path(settings.published_dir, newest), newest.sha256))
+        version = newest.version
+        log.info("front-end starts with published version %d", version)
+    return FrontEndModels(tokenizer, reference, policy, version)
+
+
+def import_prompts_shared(db: Database, settings: AppSettings) -> PromptSet:
+    """`import_prompts`, once more when another process inserted the same rows at the same moment."""
+    try:
+        return import_prompts(db, settings)
+    except IntegrityError:
+        return import_prompts(db, settings)
+
+
+def build_front_end(settings: AppSettings) -> FeedbackService:
+    """`rlhf-live serve`: the page's service, with a generator and a reward worker, following published versions."""
+    errors = ErrorLog()
+    db = open_store(settings)
+    try:
+        prompts = import_prompts_shared(db, settings)
+        rewards = RewardControl(settings.reward, settings.reward_choices)
+        runtime = choose_runtime(settings)
+        models = load_front_end_models(settings, runtime, db)
+    except (ValueError, ModelLoadError) as err:
+        db.close()
+        raise StartupError(first_line(err)) from err
+    except BaseException:
+        db.close()
+        raise
+    publisher = PolicyPublisher(models.version, copy_state(models.policy))
+    window = StalenessWindow(settings.max_staleness)
+    generator = GeneratorWorker(
+        db, models.policy, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
+    )
+    reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
+    access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
+    extra = (
+        Heartbeat(db, settings, errors, "serve", trainer=False),
+        WeightsFollower(db, publisher, settings.published_dir, errors, settings.poll_seconds),
+    )
+    trainer = RemoteTrainer(db, settings.heartbeat_expiry_s)
+    parts = ServiceParts(
+        db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window, extra
+    )
+    log.info("front-end ready: model %s at version %d on %s", settings.model, models.version, runtime.device)
+    return FeedbackService(settings, parts)
+
+
+# ------------------------------------------------------------------------------------------------- train
+@dataclass
+class TrainerProcess:
+    """`rlhf-live train`: the heartbeat (the trainer slot), the publisher (to the weights folder), the trainer."""
+
+    db: Database
+    heartbeat: Heartbeat
+    publisher: SharedPublisher
+    trainer: TrainerWorker
+    errors: ErrorLog
+
+    def start(self) -> None:
+        self.heartbeat.start()  # registers first: a second live trainer is refused before anything is written
+        self.publisher.share_current()
+        self.trainer.start()
+
+    def stop(self) -> None:
+        """Finish the current step and save a checkpoint, then stop beating and close the database."""
+        self.trainer.stop()
+        self.trainer.join()
+        self.heartbeat.stop()
+        self.heartbeat.join()
+        self.db.close()
+
+
+def build_trainer_process(settings: AppSettings) -> TrainerProcess:
+    errors = ErrorLog()
+    db = open_store(settings)
+    try:
+        rewards = RewardControl(settings.reward, settings.reward_choices)
+        resume = find_resume_point(db, settings.model)
+        runtime = choose_runtime(settings)
+        version = resume_version(db, resume)
+        models = load_models(settings, runtime, resume, version)
+    except (ValueError, ModelLoadError) as err:
+        db.close()
+        raise StartupError(first_line(err)) from err
+    except BaseException:
+        db.close()
+        raise
+    heartbeat = Heartbeat(db, settings, errors, "train", trainer=True)
+    loaded = resume.state.version if resume else 0
+    window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
+    state = copy_state(models.trainer.accelerator.unwrap_model(models.trainer.model))
+    publisher = SharedPublisher(
+        version, state, db, settings.published_dir, heartbeat.owner, settings.keep_checkpoints, errors
+    )
+    checkpoint = resume.state.version if resume else None
+    trainer = TrainerWorker(
+        db,
+        models.trainer,
+        publisher,
+        settings,
+        runtime,
+        errors,
+        rewards.use_auto_scores,
+        checkpoint,
+        window,
+        owner=heartbeat.owner,
+    )
+    log.info("trainer ready: model %s at version %d on %s", settings.model, version, runtime.device)
+    return TrainerProcess(db, heartbeat, publisher, trainer, errors)
