@@ -15,6 +15,7 @@ from app.generator import GeneratorWorker
 from app.models import ModelLoadError, choose_runtime, load_models
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher, copy_state
+from app.rating_mode import RatingMode
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
@@ -48,9 +49,11 @@ def build_service(settings: AppSettings) -> FeedbackService:
     window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
     trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
     publisher = PolicyPublisher(version, copy_state(trainer_model))
+    mode = RatingMode(settings.mode)
     generator = GeneratorWorker(
         db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
     )
+    generator.twins = lambda: mode.pairwise  # pairwise mode: two responses per prompt, so pairs can form
     trainer = TrainerWorker(
         db,
         models.trainer,
@@ -58,12 +61,13 @@ def build_service(settings: AppSettings) -> FeedbackService:
         settings,
         runtime,
         errors,
-        rewards.use_auto_scores,
+        lambda: rewards.use_auto_scores() or mode.pairwise,  # pairwise: Bradley-Terry rewards are automatic scores
         resume.state.version if resume else None,
         window,
     )
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window)
+    parts.mode = mode
     log.info("service ready: model %s at version %d on %s", settings.model, version, runtime.device)
     return FeedbackService(settings, parts)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from app.access import Access
+from app.rating_mode import RatingMode
 from app.reward_worker import RewardControl
 from app.staleness import StalenessWindow
 from app.startup import PromptSet
@@ -96,3 +97,5 @@ class ServiceParts:
     trainer: TrainerPart
     reward_worker: RewardWorkerPart
     window: StalenessWindow
+    mode: RatingMode | None = None
+    """The rating mode shared with the generator and trainer; None = a fresh one from `settings.mode`."""
