@@ -52,6 +52,7 @@ EXPORT_FORMATS = ("jsonl", "parquet", "pairwise", "comparisons")
 MAX_COMPARE_PROMPT_CHARS = 4000
 MAX_NAME_CHARS = 200
 STOP_TIMEOUT_S = 900.0
+PAIRWISE_ON = "Pairwise mode is on: compare two responses on the Compare tab."
 
 
 class FeedbackService:
@@ -188,15 +189,16 @@ class FeedbackService:
         return self.pairs.next_for(rater_id, self._waiting(), self.pairs.undo(rater_id))
 
     def _next(self, rater_id: int, notice: str | None, offer: int | None = None) -> NextResult:
+        single = not self.mode.pairwise  # one mode at a time: a sample lease here would end the rater's pair lease
         with self.db.session_factory.begin() as s:
             lease = self.settings.lease_seconds
-            sample = offer_sample(s, rater_id, offer, lease_seconds=lease) if offer is not None else None
-            if sample is None:
+            sample = offer_sample(s, rater_id, offer, lease_seconds=lease) if offer is not None and single else None
+            if sample is None and single:
                 sample = next_sample_for_rater(s, rater_id, lease_seconds=lease)
             p = rater_progress(s, rater_id)
         progress = Progress(p.rated, p.skipped, p.can_undo)
         if sample is None:
-            return NextResult(None, self._waiting(), progress, notice)
+            return NextResult(None, self._waiting() if single else PAIRWISE_ON, progress, notice)
         assignment = Assignment(sample.id, sample.prompt_text, sample.response_text, sample.policy_version)
         return NextResult(assignment, None, progress, notice)
 

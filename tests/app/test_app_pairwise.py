@@ -66,8 +66,13 @@ def test_only_an_admin_switches_the_mode(make_fake: Callable[..., FeedbackServic
     with pytest.raises(UserError):
         service.set_rating_mode(ADMIN, "triplets")
     assert service.rating_mode() == "single"
+    add_fake_samples(service, 2)
+    assert service.next_for(alice.id).assignment is not None  # single mode: the Rate tab has work
     service.set_rating_mode(ADMIN, "pairwise")
     assert service.rating_mode() == "pairwise"
+    single = service.next_for(alice.id)
+    assert single.assignment is None and "Compare tab" in (single.waiting or "")  # one mode at a time
+    assert service.next_pair_for(alice.id).assignment is not None
 
 
 def test_answers_become_rewards_trained_once_and_survive_a_restart(
