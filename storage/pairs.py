@@ -162,13 +162,6 @@ def get_pair(s: Session, pair_id: int) -> PairRecord:
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _members(pair_id: int | ColumnElement[int]) -> ColumnElement[bool]:
-    """``Sample`` is a member of the pair."""
-    return exists(
-        select(Pair.id).where(Pair.id == pair_id, or_(Pair.sample_a_id == Sample.id, Pair.sample_b_id == Sample.id))
-    )
-
-
 def _offerable(rater_id: int) -> Select[int]:
     """Pairs with an open member that this rater has neither compared nor skipped."""
     compared = exists(
@@ -198,9 +191,10 @@ def _lease_pair(s: Session, pair_id: int, rater_id: int, now: datetime, until: d
             )
             if rowcount(won) != 1:
                 raise _Lost
-            members = s.scalars(
+            a, b = s.execute(select(Pair.sample_a_id, Pair.sample_b_id).where(Pair.id == pair_id)).tuples().one()
+            members = s.scalars(  # primary-key lookups, in the claim's lock order
                 select(Sample.id)
-                .where(_members(pair_id), is_open())
+                .where(Sample.id.in_([a, b]), is_open())
                 .order_by(Sample.policy_version.desc(), Sample.id.desc())
             ).all()
             if not members:
