@@ -16,6 +16,7 @@ from app.models import ModelLoadError, choose_runtime, load_models
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher, copy_state
+from app.rating_mode import RatingMode
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
@@ -50,9 +51,11 @@ def build_service(settings: AppSettings) -> FeedbackService:
     heartbeat = Heartbeat(db, settings, errors, "all", trainer=True)  # claims carry its owner id (app.ownership)
     trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
     publisher = PolicyPublisher(version, copy_state(trainer_model))
+    mode = RatingMode(settings.mode)
     generator = GeneratorWorker(
         db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
     )
+    generator.twins = lambda: mode.pairwise  # pairwise mode: two responses per prompt, so pairs can form
     trainer = TrainerWorker(
         db,
         models.trainer,
@@ -60,7 +63,7 @@ def build_service(settings: AppSettings) -> FeedbackService:
         settings,
         runtime,
         errors,
-        rewards.use_auto_scores,
+        lambda: rewards.use_auto_scores() or mode.pairwise,  # pairwise: Bradley-Terry rewards are automatic scores
         resume.state.version if resume else None,
         window,
         owner=heartbeat.owner,
@@ -69,5 +72,6 @@ def build_service(settings: AppSettings) -> FeedbackService:
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window)
     parts.extra_workers = (heartbeat,)
+    parts.mode = mode
     log.info("service ready: model %s at version %d on %s", settings.model, version, runtime.device)
     return FeedbackService(settings, parts)

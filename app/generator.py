@@ -178,6 +178,8 @@ class GeneratorWorker(Worker):
         self.status = GeneratorStatus("starting", version, 0, settings.buffer_target, None, 0, 0, time.monotonic())
         self._served_version = version
         """The newest version that has generated a batch (a new version gets one batch at once)."""
+        self.twins: Callable[[], bool] = lambda: False
+        """When true (pairwise mode), each prompt gets two responses per batch, so a pair can form at once."""
         self._requests: queue.Queue[_CompareRequest] = queue.Queue()
         self._compare_lock = threading.Lock()
         self._first_cache: dict[str, str] = {}
@@ -208,6 +210,8 @@ class GeneratorWorker(Worker):
             return False
         with self.db.read_session_factory.begin() as s:
             prompts = prompts_for_generation(s, wanted)
+        if self.twins():
+            prompts = [p for p in prompts[: (len(prompts) + 1) // 2] for _ in range(2)]
         if not prompts:
             self.status = replace(self.status, state="idle")
             return False

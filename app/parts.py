@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from app.access import Access
+from app.rating_mode import RatingMode
 from app.reward_worker import RewardControl
 from app.staleness import StalenessWindow
 from app.startup import PromptSet
@@ -98,3 +99,5 @@ class ServiceParts:
     window: StalenessWindow
     extra_workers: tuple[WorkerPart, ...] = ()
     """Started before and stopped after the three workers (app.ownership's heartbeat, app.shared_weights' follower)."""
+    mode: RatingMode | None = None
+    """The rating mode shared with the generator and trainer; None = a fresh one from `settings.mode`."""

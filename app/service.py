@@ -18,7 +18,9 @@ from pathlib import Path
 
 from app.access import Caller
 from app.errors import AccessDenied, UserError
+from app.pairwise import PairDesk
 from app.parts import ServiceParts
+from app.rating_mode import RatingMode
 from app.settings import SCORE_RANGE, AppSettings
 from app.views import (
     Assignment,
@@ -26,6 +28,7 @@ from app.views import (
     Dashboard,
     HistoryPoint,
     NextResult,
+    PairResult,
     Progress,
     RaterView,
     RatingRow,
@@ -36,6 +39,7 @@ from storage.dashboard import counts, trained_share, version_scores
 from storage.errors import AlreadyRated, BatchStateError, RatingLocked
 from storage.export import export_jsonl, export_parquet, pairwise_dataset
 from storage.history import training_history
+from storage.pair_export import export_comparisons
 from storage.quarantine import count_quarantined
 from storage.raters import get_or_create_rater, set_rater_role
 from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
@@ -44,10 +48,11 @@ from storage.schema import BATCH_FAILED
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("jsonl", "parquet", "pairwise")
+EXPORT_FORMATS = ("jsonl", "parquet", "pairwise", "comparisons")
 MAX_COMPARE_PROMPT_CHARS = 4000
 MAX_NAME_CHARS = 200
 STOP_TIMEOUT_S = 900.0
+PAIRWISE_ON = "Pairwise mode is on: compare two responses on the Compare tab."
 
 
 class FeedbackService:
@@ -65,6 +70,8 @@ class FeedbackService:
         self.trainer = parts.trainer
         self.reward_worker = parts.reward_worker
         self.window = parts.window
+        self.mode = parts.mode or RatingMode(settings.mode)
+        self.pairs = PairDesk(self.db, settings, self.mode)
         self._workers = (self.generator, self.trainer, self.reward_worker)
         self._extra_workers = parts.extra_workers
         self._history: list[HistoryPoint] = []
@@ -158,16 +165,39 @@ class FeedbackService:
             return self._next(rater_id, "Nothing to undo")
         return self._next(rater_id, "Undone", offer=undone.sample_id)
 
+    # -------------------------------------------------------------------------------------- pairwise rating
+    def rating_mode(self) -> str:
+        """`single` or `pairwise` (docs/pairwise.md)."""
+        return self.mode.current()
+
+    def next_pair_for(self, rater_id: int) -> PairResult:
+        return self.pairs.next_for(rater_id, self._waiting())
+
+    def answer_pair(self, rater_id: int, pair_id: int, answer: str) -> PairResult:
+        """Store the rater's answer (a_better, b_better, tie, both_bad) and refit the prompt's rewards."""
+        notice = self.pairs.answer(rater_id, pair_id, answer)
+        self._wake()
+        return self.pairs.next_for(rater_id, self._waiting(), notice)
+
+    def skip_pair(self, rater_id: int, pair_id: int) -> PairResult:
+        notice = self.pairs.skip(rater_id, pair_id)
+        self._wake()
+        return self.pairs.next_for(rater_id, self._waiting(), notice)
+
+    def undo_pair(self, rater_id: int) -> PairResult:
+        return self.pairs.next_for(rater_id, self._waiting(), self.pairs.undo(rater_id))
+
     def _next(self, rater_id: int, notice: str | None, offer: int | None = None) -> NextResult:
+        single = not self.mode.pairwise  # one mode at a time: a sample lease here would end the rater's pair lease
         with self.db.session_factory.begin() as s:
             lease = self.settings.lease_seconds
-            sample = offer_sample(s, rater_id, offer, lease_seconds=lease) if offer is not None else None
-            if sample is None:
+            sample = offer_sample(s, rater_id, offer, lease_seconds=lease) if offer is not None and single else None
+            if sample is None and single:
                 sample = next_sample_for_rater(s, rater_id, lease_seconds=lease)
             p = rater_progress(s, rater_id)
         progress = Progress(p.rated, p.skipped, p.can_undo)
         if sample is None:
-            return NextResult(None, self._waiting(), progress, notice)
+            return NextResult(None, self._waiting() if single else PAIRWISE_ON, progress, notice)
         assignment = Assignment(sample.id, sample.prompt_text, sample.response_text, sample.policy_version)
         return NextResult(assignment, None, progress, notice)
 
@@ -194,7 +224,7 @@ class FeedbackService:
         reward = self.rewards.current()
         version = self.publisher.version
         with self.db.read_session_factory.begin() as s:
-            c = counts(s, use_auto_scores=reward.reward is not None)
+            c = counts(s, use_auto_scores=reward.reward is not None or self.mode.pairwise)
             share = trained_share(s)
             # counted here, not the generator's figure, which is only refreshed between its batches
             ready = count_unrated_unleased(s, min_policy_version=self.window.floor(version))
@@ -345,6 +375,13 @@ class FeedbackService:
         self.rewards.request(spec if isinstance(spec, str) else "")
         self._wake()
 
+    def set_rating_mode(self, caller: Caller, mode: str) -> None:
+        """Admin only: switch between single and pairwise rating (stored ratings and comparisons stay)."""
+        self.access.require_admin(caller)
+        previous = self.mode.set(mode)
+        self._wake()
+        log.info("rating mode %s -> %s by an admin (%s)", previous, mode, caller.username or "token")
+
     def save_checkpoint(self, caller: Caller) -> str:
         """Admin only; returns the checkpoint's name (`v12`), not its server path."""
         self.access.require_admin(caller)
@@ -361,12 +398,16 @@ class FeedbackService:
         # a random part: the name is not guessable from the time (it travels in the download URL)
         stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(8)}"
         name = f"pairs-{stamp}.jsonl" if fmt == "pairwise" else f"ratings-{stamp}.{fmt}"
+        if fmt == "comparisons":
+            name = f"comparisons-{stamp}.jsonl"
         path = Path(folder, name)
         with self.db.read_session_factory.begin() as s:
             if fmt == "jsonl":
                 export_jsonl(s, path)
             elif fmt == "parquet":
                 export_parquet(s, path)
+            elif fmt == "comparisons":
+                export_comparisons(s, path)
             else:
                 pairs = pairwise_dataset(s, use_auto_scores=self.rewards.use_auto_scores())
                 pairs.to_json(str(path), lines=True)

@@ -19,6 +19,7 @@ SCORE_RANGE: tuple[float, float] = (-1.0, 1.0)
 """The rating scale (the slider's bounds); storage validates every score against it."""
 
 Device = Literal["auto", "cpu", "cuda"]
+RatingModeName = Literal["single", "pairwise"]
 
 _URL_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,}")  # the alphabet of secrets.token_urlsafe
 _MAX_SEED = 2**32 - 1  # numpy's seed range
@@ -48,6 +49,10 @@ class AppSettings:
     """`human`, or an automatic reward: `vader`, `length[:N]`, a classifier folder[#LABEL], `module:function`."""
     reward_choices: tuple[str, ...] = ("human", "vader", "length:40")
     """Reward sources an admin may switch to on the page (with --reward); only the command line names them."""
+    mode: RatingModeName = "single"
+    """`single`: raters score one response on a scale. `pairwise`: they compare two responses to one prompt (A better,
+    B better, tie, both bad) and PPO trains on Bradley-Terry rewards fitted to the answers (docs/pairwise.md). An
+    admin can switch it on the page."""
 
     batch_size: int = 8
     """Scored samples per PPO step."""

@@ -109,3 +109,27 @@ class Comparison:
     first_response: str
     current_version: int
     current_response: str
+
+
+@dataclass(frozen=True)
+class PairAssignment:
+    """Two responses to one prompt offered side by side (pairwise mode): A on the left, B on the right."""
+
+    pair_id: int
+    prompt: str
+    response_a: str
+    response_b: str
+    version_a: int
+    version_b: int
+
+
+@dataclass(frozen=True)
+class PairResult:
+    """What the Compare tab shows next."""
+
+    assignment: PairAssignment | None
+    """None when there is no pair to compare (the mode is off, or the generator is writing new responses)."""
+    waiting: str | None
+    progress: Progress
+    """`rated` counts this rater's comparisons."""
+    notice: str | None

@@ -288,3 +288,50 @@ class TrainedShare:
 
     trained: int
     total: int
+
+
+# ---------------------------------------------------------------------------------------------- pairwise
+
+
+@dataclass(frozen=True)
+class PairRecord:
+    """Two responses to one prompt, as shown to a rater: A on the left, B on the right."""
+
+    pair_id: int
+    prompt_id: int
+    prompt_text: str
+    sample_a_id: int
+    response_a: str
+    version_a: int
+    sample_b_id: int
+    response_b: str
+    version_b: int
+    lease_expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ComparisonRecord:
+    id: int
+    pair_id: int
+    prompt_id: int
+    rater_id: int
+    answer: str
+    """One of ``schema.ANSWERS``: a_better, b_better, tie, both_bad."""
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PairOutcome:
+    """One answer about two samples, the input of a Bradley-Terry fit."""
+
+    sample_a_id: int
+    sample_b_id: int
+    answer: str
+
+
+@dataclass(frozen=True)
+class PairProgress:
+    compared: int
+    skipped: int
+    can_undo: bool
+    """The rater's last comparison can still be undone (no sample it scored has been put in a batch since)."""

@@ -46,6 +46,9 @@ BATCH_FAILED: Final = "failed"
 BATCH_RELEASED: Final = "released"
 """A pending batch dissolved because the batch size changed: its samples went back to the open pool."""
 
+ANSWERS: Final = ("a_better", "b_better", "tie", "both_bad")
+"""A rater's answer to a pair (revision 0004): which of the two responses is better, a tie, or neither is good."""
+
 # Named constraints, so Alembic's batch mode can alter SQLite tables.
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(column_0_label)s",
@@ -278,3 +281,46 @@ class PublishedVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     published_by: Mapped[str] = mapped_column(String(200))
     published_at: Mapped[datetime]
+
+
+class Pair(Base):
+    """Two responses to the same prompt shown side by side (revision 0004): A on the left, B on the right. At least
+    one of them was open when the pair was formed; the other may be an older version's (trained, even). A pair is
+    leased to one rater at a time (``lease_*``), as a sample is, and its open members are leased with it."""
+
+    __tablename__ = "pairs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    sample_a_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    sample_b_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    compared_n: Mapped[int] = mapped_column(default=0, server_default=sql_text("0"))
+    lease_rater_id: Mapped[int | None] = mapped_column(ForeignKey("raters.id"), index=True)
+    lease_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("sample_a_id", "sample_b_id", name="uq_pairs_samples"),)
+
+
+class PairComparison(Base):
+    """One rater's answer to one pair (revision 0004); a resubmission is refused, an undo deletes the row."""
+
+    __tablename__ = "comparisons"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"))
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"))
+    answer: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("pair_id", "rater_id", name="uq_comparisons_pair_rater"),
+        Index("ix_comparisons_rater_created", "rater_id", "created_at"),
+    )
+
+
+class PairSkip(Base):
+    """A pair a rater skipped (revision 0004): never shown to them again."""
+
+    __tablename__ = "pair_skips"
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), primary_key=True)
+    created_at: Mapped[datetime]

@@ -19,7 +19,12 @@ from app.ui.formatting import plain
 from app.ui.identity import caller_of
 
 ADMIN_EVENTS: dict[str, Any] = {"concurrency_id": "admin", "concurrency_limit": 2}
-EXPORT_FORMATS = {"jsonl": "Ratings as JSONL", "parquet": "Ratings as Parquet", "pairwise": "Pairwise preferences"}
+EXPORT_FORMATS = {
+    "jsonl": "Ratings as JSONL",
+    "parquet": "Ratings as Parquet",
+    "pairwise": "Pairwise preferences",
+    "comparisons": "Comparisons (TRL prompt/chosen/rejected)",
+}
 
 
 def refused(e: Exception, where: str) -> str:
@@ -48,6 +53,9 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
                 choices, value=choices[0], label="Reward source", info="the sources set with --reward-choices", scale=4
             )
             apply = gr.Button("Apply reward source", elem_id="apply-reward-btn", scale=1)
+        with gr.Row():
+            mode = gr.Radio(["single", "pairwise"], value=service.rating_mode(), label="Rating mode", scale=4)
+            apply_mode = gr.Button("Apply rating mode", elem_id="apply-mode-btn", scale=1)
         message = gr.Markdown("", elem_id="admin-message")
         gr.Markdown("**Export from storage** (every rating, with rater names)")
         with gr.Row(equal_height=True):
@@ -74,6 +82,13 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
         except Exception as e:
             return refused(e, "set_reward_source")
 
+    def on_mode(token: str, wanted: str, request: gr.Request) -> str:
+        try:
+            service.set_rating_mode(caller_of(request, token), wanted)
+            return f"Rating mode: **{plain(wanted)}** (raters find pairs on the Compare tab)."
+        except Exception as e:
+            return refused(e, "set_rating_mode")
+
     def on_save(token: str, request: gr.Request) -> str:
         try:
             return f"Checkpoint **{plain(service.save_checkpoint(caller_of(request, token)))}** saved."
@@ -97,6 +112,7 @@ def build_admin_panel(service: Service, token: gr.Textbox) -> tuple[gr.Column, L
     start.click(on_start, [token], message, api_name="start_training", **ADMIN_EVENTS)
     pause.click(on_pause, [token], message, api_name="pause_training", **ADMIN_EVENTS)
     apply.click(on_reward, [token, source], message, api_name="set_reward_source", **ADMIN_EVENTS)
+    apply_mode.click(on_mode, [token, mode], message, api_name="set_rating_mode", **ADMIN_EVENTS)
     save.click(on_save, [token], message, api_name="save_checkpoint", **ADMIN_EVENTS)
     requeue.click(on_requeue, [token], message, api_name="requeue_failed", **ADMIN_EVENTS)
     for fmt, button in export_buttons.items():

@@ -18,6 +18,7 @@ from typing import Any
 
 import gradio as gr
 
+from app.ui.compare_tab import CompareTab, build_compare_tab
 from app.ui.contract import Service
 from app.ui.errors import need, shown
 from app.ui.formatting import rater_badge
@@ -58,13 +59,16 @@ def build_ui(service: Service) -> gr.Blocks:
                     max_lines=1,
                     elem_id="admin-token",
                 )
-        with gr.Column(visible=False, elem_id="main") as main, gr.Tabs():
+        with gr.Column(visible=False, elem_id="main") as main, gr.Tabs() as tabs:
             with gr.Tab("Rate", id="rate"):
                 rate = build_rate_tab(service, rater)
+            with gr.Tab("Compare", id="compare", elem_id="compare-tab"):
+                compare = build_compare_tab(service, rater)
             with gr.Tab("Watch", id="watch"):
                 watch = build_watch_tab(service, rater, token)
         signed_in = [rater, badge, login_panel, main, watch.admin, switch, saved_name, watch.timer]
         after = functools.partial(_then_refresh, rate=rate, watch=watch, rater=rater)
+        after = functools.partial(_then_compare, after=after, service=service, compare=compare, tabs=tabs, rater=rater)
         on_login, on_load, on_switch = _sign_in_handlers(service, len(signed_in))
         # The admin token never comes back from the server (a stream joined with this tab's session hash would
         # read it): the browser alone copies it between the URL, the box and localStorage.
@@ -123,6 +127,20 @@ def _signed_in(r: RaterView, auth: bool) -> tuple[Any, ...]:
         r.name,
         gr.Timer(active=True),
     )
+
+
+def _then_compare(
+    chain: Any, after: Callable[[Any], None], service: Service, compare: CompareTab, tabs: gr.Tabs, rater: gr.State
+) -> None:
+    """After sign-in: open the tab of the rating mode in force and show the rater's pair, then the rest."""
+    assert compare.load_next is not None
+
+    def open_tab() -> gr.Tabs:
+        return gr.Tabs(selected="compare" if service.rating_mode() == "pairwise" else "rate")
+
+    after(chain)
+    chain.then(open_tab, None, tabs, api_visibility="private", **RATE_EVENTS)
+    chain.then(compare.load_next, [rater], compare.outputs, api_visibility="private", **RATE_EVENTS)
 
 
 def _then_refresh(chain: Any, rate: RateTab, watch: WatchTab, rater: gr.State) -> None:

@@ -118,6 +118,7 @@ CLI_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "bool": st.booleans(),
     "tuple[str, ...]": CLI_NAMES,
     "device": st.sampled_from(["auto", "cpu", "cuda"]),
+    "mode": st.sampled_from(["single", "pairwise"]),
     "host": st.sampled_from(["127.0.0.1", "::1", "localhost"]),
     "auth": st.lists(
         st.tuples(NAMES, CLI_TEXT.filter(lambda t: "," not in t)), max_size=2, unique_by=lambda p: p[0]
