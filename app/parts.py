@@ -15,7 +15,7 @@ from app.access import Access
 from app.reward_worker import RewardControl
 from app.staleness import StalenessWindow
 from app.startup import PromptSet
-from app.views import Comparison
+from app.views import Comparison, LearnedRewardView
 from app.worker import ErrorLog, ErrorRecord
 from storage.engine import Database
 
@@ -77,6 +77,13 @@ class RewardWorkerPart(WorkerPart, Protocol):
     def status(self) -> RewardStatusView: ...
 
 
+class LearnedRewardPart(WorkerPart, Protocol):
+    """The learned reward thread (app/learned/worker.py)."""
+
+    @property
+    def status(self) -> LearnedRewardView: ...
+
+
 class PublisherPart(Protocol):
     @property
     def version(self) -> int: ...
@@ -96,3 +103,5 @@ class ServiceParts:
     trainer: TrainerPart
     reward_worker: RewardWorkerPart
     window: StalenessWindow
+    learned: LearnedRewardPart | None = None
+    """The learned reward thread, when a learned reward source is configured (`AppSettings.learned_enabled`)."""

@@ -65,7 +65,8 @@ class FeedbackService:
         self.trainer = parts.trainer
         self.reward_worker = parts.reward_worker
         self.window = parts.window
-        self._workers = (self.generator, self.trainer, self.reward_worker)
+        self.learned = parts.learned
+        self._workers = (self.generator, self.trainer, self.reward_worker, *([self.learned] if self.learned else []))
         self._history: list[HistoryPoint] = []
         self._history_last_id = 0
         self._history_lock = threading.Lock()
@@ -195,11 +196,11 @@ class FeedbackService:
         reward = self.rewards.current()
         version = self.publisher.version
         with self.db.read_session_factory.begin() as s:
-            c = counts(s, use_auto_scores=reward.reward is not None)
+            c = counts(s, use_auto_scores=reward.auto)
             share = trained_share(s)
             # counted here, not the generator's figure, which is only refreshed between its batches
             ready = count_unrated_unleased(s, min_policy_version=self.window.floor(version))
-            quarantined = count_quarantined(s, reward.source) if reward.reward is not None else 0
+            quarantined = count_quarantined(s, reward.source) if reward.auto else 0
         numbers = {
             "prompts": c.prompts,
             "samples": c.samples,
@@ -228,6 +229,7 @@ class FeedbackService:
             last_step_s=self.trainer.status.last_step_s,
             last_error=str(last) if last is not None else None,
             reward_note=self._reward_note(),
+            learned=self.learned.status if self.learned is not None else None,
         )
 
     def _reward_note(self) -> str | None:
@@ -238,7 +240,19 @@ class FeedbackService:
             notes.append(failed)
         if (stopped := self.reward_worker.status.stopped) is not None:
             notes.append(stopped)
+        if (waiting := self._learned_waiting()) is not None:
+            notes.append(waiting)
         return "; ".join(notes) or None
+
+    def _learned_waiting(self) -> str | None:
+        """Why the learned reward scores nothing yet, when it is the reward source."""
+        if not self.rewards.current().learned or self.learned is None or self.learned.status.version is not None:
+            return None
+        st = self.learned.status
+        return (
+            f"the learned reward model scores nothing until {st.needed} samples have human ratings "
+            f"({st.have} so far); until then only human scores train"
+        )
 
     def _training_state(self, scored: int, in_batches: int) -> str:
         t = self.trainer.status

@@ -45,6 +45,17 @@ class AppSettings:
     """`human`, or an automatic reward: `vader`, `length[:N]`, a classifier folder[#LABEL], `module:function`."""
     reward_choices: tuple[str, ...] = ("human", "vader", "length:40")
     """Reward sources an admin may switch to on the page (with --reward); only the command line names them."""
+    learned_min_ratings: int = 24
+    """Human-rated samples the learned reward model (`--reward learned` or `human+learned`) needs before it is fit
+    and scores anything; a fifth of them (at least 4) are held out to measure its agreement with people."""
+    learned_refit_every: int = 8
+    """Refit the learned reward model after this many new human ratings."""
+    learned_refit_s: float = 60.0
+    """... or this many seconds after its last fit when any human rating changed."""
+    learned_wait_s: float = 20.0
+    """With `human+learned`, how long a new sample is left to people before the learned model scores it."""
+    learned_embedder: str = "all-minilm-l6-v2"
+    """The learned reward model's sentence encoder: the packaged all-MiniLM-L6-v2, or a local BERT folder."""
 
     batch_size: int = 8
     """Scored samples per PPO step."""
@@ -131,6 +142,7 @@ class AppSettings:
             "mini_batch_size",
             "buffer",
             "threads",
+            "learned_refit_every",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -151,6 +163,7 @@ class AppSettings:
             "retry_backoff_s",
             "max_backoff_s",
             "reward_timeout_s",
+            "learned_refit_s",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -159,6 +172,10 @@ class AppSettings:
             raise ValueError(
                 f"--retry-backoff-s ({self.retry_backoff_s}) must not exceed --max-backoff-s ({self.max_backoff_s})"
             )
+        if self.learned_min_ratings < 8:
+            raise ValueError(f"--learned-min-ratings must be at least 8, got {self.learned_min_ratings}")
+        if not (math.isfinite(self.learned_wait_s) and self.learned_wait_s >= 0):
+            raise ValueError(f"--learned-wait-s must be >= 0, got {self.learned_wait_s}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.init_kl_coef) and self.init_kl_coef >= 0):
@@ -238,6 +255,11 @@ class AppSettings:
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    @property
+    def learned_enabled(self) -> bool:
+        """The learned reward model is among the configured sources, so its thread runs and is shown."""
+        return any(spec.strip() in ("learned", "human+learned") for spec in (self.reward, *self.reward_choices))
 
     @property
     def human_only(self) -> bool:
