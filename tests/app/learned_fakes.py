@@ -4,6 +4,7 @@ reward tests."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -59,3 +60,11 @@ def planted_responses(n: int, seed: int = 0) -> list[str]:
         rng.shuffle(words)
         out.append(" ".join(words))
     return out
+
+
+def save_tiny_bert(folder: Path) -> Path:
+    """The tiny embedder saved as a model folder (what `--learned-embedder FOLDER` loads)."""
+    embedder = tiny_embedder()
+    embedder.model.save_pretrained(folder)
+    embedder.tokenizer.save_pretrained(folder)
+    return folder
