@@ -26,6 +26,8 @@ RANGE_MARGIN = 0.5
 """How far (as a share of the fit scores' range) a prediction may lie beyond it before it is not trusted."""
 DISTANCE_FACTOR = 2.0
 """How many times the typical nearest-neighbour distance of the fit items a sample may lie from all of them."""
+MAX_ANCHORS = 2000
+"""The guard compares with at most this many fit items (an even subsample): its cost is anchors^2 at a fit."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class RewardHead:
     score_range: tuple[float, float]
     """Lowest and highest human score it was fit on."""
     anchors: Array
-    """(fit_n, D) unit-length embeddings of the fit items (the guard's reference)."""
+    """(M, D) unit-length embeddings of the fit items, at most MAX_ANCHORS of them (the guard's reference)."""
     max_distance: float
     """Cosine distance to the nearest anchor beyond which a sample is guarded."""
     alpha: float
@@ -107,7 +109,8 @@ def fit_head(version: int, ids: Sequence[int], embeddings: Array, scores: Array)
     agreement = Agreement(
         spearman(predicted, scores[held]), pairwise_accuracy(predicted, scores[held]), int(held.sum())
     )
-    anchors = unit(train_x)
+    step = max(1, -(-len(train_x) // MAX_ANCHORS))  # ceil: at most MAX_ANCHORS rows
+    anchors = unit(train_x[::step])
     return RewardHead(
         version=version,
         weights=ridge.weights,
