@@ -51,7 +51,7 @@ class AppSettings:
     learned_refit_every: int = 8
     """Refit the learned reward model after this many new human ratings."""
     learned_refit_s: float = 60.0
-    """... or this many seconds after its last fit when any human rating changed."""
+    """Also refit the learned reward model this many seconds after its last fit when any human rating changed."""
     learned_wait_s: float = 20.0
     """With `human+learned`, how long a new sample is left to people before the learned model scores it."""
     learned_embedder: str = "all-minilm-l6-v2"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from app.access import Access
+from app.cli import parse_settings
 from app.learned.fit import fit_ridge, pairwise_accuracy, spearman
 from app.learned.head import fit_head
 from app.learned.worker import LearnedRewardWorker
@@ -244,6 +245,8 @@ def test_the_learned_sources_are_chosen_like_any_other() -> None:
     assert not AppSettings().learned_enabled
     with pytest.raises(ValueError, match="--learned-min-ratings"):
         AppSettings(learned_min_ratings=4)
+    parsed = parse_settings(["--reward", "learned", "--learned-min-ratings", "12"], env={})
+    assert parsed.learned_enabled and parsed.learned_min_ratings == 12
 
 
 def test_export_names_the_fit_that_scored(make_learned: Callable[..., Any], tmp_path: Path) -> None:
