@@ -76,7 +76,11 @@ class LearnedRewardWorker(Worker):
         control.subscribe(self.wake)
 
     def setup(self) -> None:
-        torch.set_num_threads(1)
+        torch.set_num_threads(1)  # per thread: the generator's and trainer's threads keep theirs
+        self.resume_numbering()
+
+    def resume_numbering(self) -> None:
+        """Number the next fit after the highest `learned@vN` in storage (a restart never reuses a number)."""
         with self.db.read_session_factory.begin() as s:
             self._version = latest_learned_version(s)
 

@@ -91,7 +91,7 @@ def test_the_guard_refuses_what_is_far_from_the_fit_and_passes_the_rest() -> Non
 @pytest.fixture
 def make_learned(prompt_file: Path, tmp_path: Path, app_db_url: str | None) -> Iterator[Callable[..., Any]]:
     """A service over real storage with fake generator/trainer and a learned reward worker on a tiny BERT, driven
-    by hand (`worker.setup()`, `worker.tick()`: no thread)."""
+    by hand (`worker.resume_numbering()`, `worker.tick()`: no thread)."""
     built: list[FeedbackService] = []
 
     def make(**overrides: Any) -> tuple[FeedbackService, LearnedRewardWorker]:
@@ -117,7 +117,7 @@ def make_learned(prompt_file: Path, tmp_path: Path, app_db_url: str | None) -> I
         )
         service = FeedbackService(settings, parts)
         built.append(service)
-        worker.setup()
+        worker.resume_numbering()
         return service, worker
 
     yield make
@@ -180,7 +180,7 @@ def test_a_restarted_app_numbers_its_fits_after_the_stored_ones(make_learned: Ca
     service, worker = make_learned(reward="learned", learned_min_ratings=8)
     with service.db.session_factory.begin() as s:
         get_or_create_model_rater(s, "learned@v7")
-    worker.setup()
+    worker.resume_numbering()
     responses = planted_responses(12, seed=3)
     ids = add_planted(service, responses)
     shown = rate_as_human(service, ids[:10], responses[:10])
