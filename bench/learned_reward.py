@@ -1,7 +1,7 @@
 """Measure the learned reward model (app/learned/): embedding time per sample, fit time, agreement with a synthetic
 preference at 50/100/200 ratings, and the rate() latency with and without its refit thread busy.
 
-    PYTHONPATH=. .venv/bin/python bench/learned_reward.py [--samples 360] [--texts bench/out/smollm2_texts.jsonl]
+    .venv/bin/python bench/learned_reward.py [--samples 360] [--texts bench/out/smollm2_texts.jsonl]
 
 Texts: SmolLM2-135M-Instruct answers (temperature 1.0, 48 new tokens) to the shipped prompts, generated once and
 cached in `--texts`. Preferences (a simulated rater; the learned model sees only its noisy scores): VADER positivity
@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's `storage`, not bench/storage.py
 
 from app.learned.embedder import Embedder, load_embedder
 from app.learned.fit import pairwise_accuracy, spearman

@@ -122,6 +122,11 @@ def latest_learned_version(s: Session) -> int:
     return max((int(m.group(1)) for m in found if m), default=0)
 
 
+def count_human_rated_samples(s: Session) -> int:
+    """Samples with at least one human rating."""
+    return s.scalar(select(func.count()).where(Sample.human_n > 0)) or 0
+
+
 def count_learned_scores(s: Session) -> int:
     """Ratings given by any learned version."""
     return s.scalar(select(func.count(Rating.id)).where(_learned_rating())) or 0

@@ -36,6 +36,7 @@ from storage.engine import Database
 from storage.learned import (
     LEARNED_SOURCE,
     checks,
+    count_human_rated_samples,
     count_learned_scores,
     human_rating_mark,
     human_scored,
@@ -179,6 +180,7 @@ class LearnedRewardWorker(Worker):
     # ---------------------------------------------------------------------------------------------- status
     def refresh_status(self) -> None:
         with self.db.read_session_factory.begin() as s:
+            have = count_human_rated_samples(s)
             scored = count_learned_scores(s)
             guarded = count_quarantined(s, LEARNED_SOURCE)
             found = checks(s)
@@ -186,6 +188,7 @@ class LearnedRewardWorker(Worker):
         human = [c.human for c in found]
         self.status = replace(
             self.status,
+            have=have,
             scoring=self.control.current().learned,
             scored=scored,
             guarded=guarded,
