@@ -111,7 +111,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {n: {k: round(statistics.mean(r[n][k] for r in runs), 3) for k in runs[0][n]} for n in runs[0]}
 
 
-def rate_latency(embedder: Embedder, rows: list[dict[str, str]], busy: bool) -> dict[str, float]:
+def rate_latency(embedder: Embedder, rows: list[dict[str, str]], busy: bool, chunk: int = 32) -> dict[str, float]:
     """p50/p95 ms of FeedbackService.rate() (real SQLite storage, fake generator/trainer) over 120 ratings, with
     the learned reward thread refitting after every 8 ratings and scoring the rest (busy) or not running."""
     from dataclasses import replace
@@ -138,6 +138,7 @@ def rate_latency(embedder: Embedder, rows: list[dict[str, str]], busy: bool) -> 
             prompt = prompts_for_generation(s, 1)[0]
             add_samples(s, [NewSample(prompt.id, r["response"], [1], [2], 0, [-1.0]) for r in rows[:240]])
         worker = LearnedRewardWorker(service.db, service.rewards, embedder, replace(settings), service.errors)
+        worker.chunk = chunk
         if busy:
             worker.start()
         rater = service.login("bench")
@@ -170,6 +171,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=360)
     parser.add_argument("--texts", type=Path, default=OUT / "smollm2_texts.jsonl")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--chunk", type=int, default=8, help="samples the learned thread scores per transaction")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -185,12 +187,13 @@ def main() -> None:
         "embed_load_s": round(load_s, 2),
         "embed_ms_per_sample": round(1000 * per_sample, 1),
         "threads": args.threads,
+        "chunk": args.chunk,
     }
     for name, pref in prefs.items():
         truth = np.clip(np.array(pref([""] * len(rows), responses)), -1, 1)
         result[name] = summarise([agreement(x, truth, seed) for seed in range(3)])
     result["rate_idle"] = rate_latency(embedder, rows, busy=False)
-    result["rate_with_learned_thread"] = rate_latency(embedder, rows, busy=True)
+    result["rate_with_learned_thread"] = rate_latency(embedder, rows, busy=True, chunk=args.chunk)
     print("RESULT " + json.dumps(result, sort_keys=True))
 
 

@@ -1,8 +1,8 @@
 """Fitting the learned reward's head: ridge regression on sentence embeddings, checked on held-out items.
 
-Pure numpy, no threads, no storage. Ridge rather than a small MLP: with the tens to hundreds of human ratings a
-sitting produces, a linear head on a good sentence embedding is what the data can support, it fits in
-milliseconds in closed form, and its leave-one-out error is exact and free (the hat matrix of the SVD), so the
+numpy arrays, the heavy products by torch (see `svd`); no threads, no storage. Ridge rather than a small MLP:
+with the tens to hundreds of human ratings a sitting produces, a linear head on a good sentence embedding is what
+the data can support, it fits in milliseconds in closed form, and its leave-one-out error is exact and free (the hat matrix of the SVD), so the
 regularisation strength is chosen on the training items alone and the held-out items stay untouched.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 Array = npt.NDArray[np.float64]
 
@@ -49,7 +50,7 @@ def fit_ridge(x: Array, y: Array, alphas: Sequence[float] = ALPHAS) -> RidgeFit:
         raise ValueError(f"need (N, D) features and (N,) targets with N >= 2, got {x.shape} and {y.shape}")
     x_mean, y_mean = x.mean(axis=0), float(y.mean())
     xc, yc = x - x_mean, y - y_mean
-    u, s, vt = np.linalg.svd(xc, full_matrices=False)  # u: (N, K), s: (K,), vt: (K, D)
+    u, s, vt = svd(xc)  # u: (N, K), s: (K,), vt: (K, D)
     uty = u.T @ yc  # (K,)
     n = x.shape[0]
     scale = float(np.mean(s**2)) or 1.0
@@ -66,6 +67,20 @@ def fit_ridge(x: Array, y: Array, alphas: Sequence[float] = ALPHAS) -> RidgeFit:
     alpha, rmse = best
     weights = vt.T @ (s / (s**2 + alpha) * uty)  # (D,)
     return RidgeFit(weights, y_mean - float(x_mean @ weights), alpha, rmse)
+
+
+def svd(x: Array) -> tuple[Array, Array, Array]:
+    """Thin SVD computed by torch, which keeps to the calling thread's `torch.set_num_threads` (one in the learned
+    reward thread): numpy's OpenBLAS starts its own threads for every call, and on two busy cores those spin and
+    made a 200-item fit take 0.2-4 s instead of 0.02 s (bench/learned_reward.py)."""
+    u, s, vt = torch.linalg.svd(torch.from_numpy(np.ascontiguousarray(x)), full_matrices=False)
+    return u.numpy(), s.numpy(), vt.numpy()
+
+
+def matmul(a: Array, b: Array) -> Array:
+    """a @ b by torch, for the same reason as `svd`."""
+    product = torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))
+    return np.asarray(product.numpy(), dtype=np.float64)
 
 
 def held_out_mask(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.learned.fit import Array, fit_ridge, held_out_mask, pairwise_accuracy, spearman
+from app.learned.fit import Array, fit_ridge, held_out_mask, matmul, pairwise_accuracy, spearman
 
 RANGE_MARGIN = 0.5
 """How far (as a share of the fit scores' range) a prediction may lie beyond it before it is not trusted."""
@@ -131,7 +131,7 @@ def unit(x: Array) -> Array:
 
 def nearest_distance(x: Array, anchors: Array) -> Array:
     """(N, D), (M, D) unit rows -> (N,) cosine distance of each row of x to its nearest anchor."""
-    sims = unit(x) @ anchors.T  # (N, M)
+    sims = matmul(unit(x), anchors.T)  # (N, M)
     return np.asarray(1.0 - sims.max(axis=1), dtype=np.float64)
 
 
@@ -139,6 +139,6 @@ def typical_spacing(anchors: Array) -> float:
     """The 95th percentile of the anchors' distances to their nearest other anchor (a floor of 0.01)."""
     if len(anchors) < 2:
         return 1.0
-    sims = anchors @ anchors.T  # (M, M)
+    sims = matmul(anchors, anchors.T)  # (M, M)
     np.fill_diagonal(sims, -math.inf)
     return max(0.01, float(np.quantile(1.0 - sims.max(axis=1), 0.95)))
