@@ -2,8 +2,9 @@
 
 numpy arrays, the heavy products by torch (see `svd`); no threads, no storage. Ridge rather than a small MLP:
 with the tens to hundreds of human ratings a sitting produces, a linear head on a good sentence embedding is what
-the data can support, it fits in milliseconds in closed form, and its leave-one-out error is exact and free (the hat matrix of the SVD), so the
-regularisation strength is chosen on the training items alone and the held-out items stay untouched.
+the data can support, it fits in milliseconds in closed form, and its leave-one-out error is exact and free (the
+hat matrix of the SVD), so the regularisation strength is chosen on the training items alone and the held-out
+items stay untouched.
 """
 
 from __future__ import annotations
