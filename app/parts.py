@@ -16,7 +16,7 @@ from app.rating_mode import RatingMode
 from app.reward_worker import RewardControl
 from app.staleness import StalenessWindow
 from app.startup import PromptSet
-from app.views import Comparison
+from app.views import Comparison, LearnedRewardView
 from app.worker import ErrorLog, ErrorRecord
 from storage.engine import Database
 
@@ -78,6 +78,13 @@ class RewardWorkerPart(WorkerPart, Protocol):
     def status(self) -> RewardStatusView: ...
 
 
+class LearnedRewardPart(WorkerPart, Protocol):
+    """The learned reward thread (app/learned/worker.py)."""
+
+    @property
+    def status(self) -> LearnedRewardView: ...
+
+
 class PublisherPart(Protocol):
     @property
     def version(self) -> int: ...
@@ -101,3 +108,5 @@ class ServiceParts:
     """Started before and stopped after the three workers (app.ownership's heartbeat, app.shared_weights' follower)."""
     mode: RatingMode | None = None
     """The rating mode shared with the generator and trainer; None = a fresh one from `settings.mode`."""
+    learned: LearnedRewardPart | None = None
+    """The learned reward thread, when a learned reward source is configured (`AppSettings.learned_enabled`)."""

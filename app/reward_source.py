@@ -21,6 +21,11 @@ from storage.validation import MAX_SOURCE_CHARS
 log = logging.getLogger(__name__)
 
 HUMAN = "human"
+LEARNED = "learned"
+"""The reward model learned from the raters (app/learned/) scores every sample no person rated."""
+HUMAN_LEARNED = "human+learned"
+"""People first: the learned model scores only what nobody rated within `--learned-wait-s`."""
+LEARNED_SPECS = (LEARNED, HUMAN_LEARNED)
 
 
 def source_name(reward: Reward) -> str:
@@ -54,12 +59,25 @@ class RewardSource:
     """What the operator configured (`human`, `vader`, ...)."""
     reward: Reward | None
     source: str
-    """The source name stored with its scores; `human` in human-only mode."""
+    """The source name stored with its scores; `human` in human-only mode; `learned` for the learned modes (each
+    fit stores its scores as `learned@vN`)."""
+
+    @property
+    def learned(self) -> bool:
+        """The learned reward model scores (app/learned/worker.py), not the reward thread."""
+        return self.spec in LEARNED_SPECS
+
+    @property
+    def auto(self) -> bool:
+        """Automatic scores count for training (every mode but `human`)."""
+        return self.reward is not None or self.learned
 
 
 def build_source(spec: str) -> RewardSource:
     """Build the reward of `spec` (slow for a classifier). The composition root calls it for `--reward` at
     start-up, where a ValueError becomes a one-line StartupError; the reward thread calls it for a switch."""
+    if spec.strip() in LEARNED_SPECS:  # nothing to build here: the learned reward thread does the scoring
+        return RewardSource(spec.strip(), None, LEARNED)
     reward = build_reward(spec)
     return RewardSource(spec.strip(), reward, HUMAN if reward is None else source_name(reward))
 
@@ -87,7 +105,7 @@ class RewardControl:
             return self._current
 
     def use_auto_scores(self) -> bool:
-        return self.current().reward is not None
+        return self.current().auto
 
     @property
     def choices(self) -> tuple[str, ...]:

@@ -72,7 +72,8 @@ class FeedbackService:
         self.window = parts.window
         self.mode = parts.mode or RatingMode(settings.mode)
         self.pairs = PairDesk(self.db, settings, self.mode)
-        self._workers = (self.generator, self.trainer, self.reward_worker)
+        self.learned = parts.learned
+        self._workers = (self.generator, self.trainer, self.reward_worker, *([self.learned] if self.learned else []))
         self._extra_workers = parts.extra_workers
         self._history: list[HistoryPoint] = []
         self._history_last_id = 0
@@ -224,11 +225,11 @@ class FeedbackService:
         reward = self.rewards.current()
         version = self.publisher.version
         with self.db.read_session_factory.begin() as s:
-            c = counts(s, use_auto_scores=reward.reward is not None or self.mode.pairwise)
+            c = counts(s, use_auto_scores=reward.auto or self.mode.pairwise)
             share = trained_share(s)
             # counted here, not the generator's figure, which is only refreshed between its batches
             ready = count_unrated_unleased(s, min_policy_version=self.window.floor(version))
-            quarantined = count_quarantined(s, reward.source) if reward.reward is not None else 0
+            quarantined = count_quarantined(s, reward.source) if reward.auto else 0
         numbers = {
             "prompts": c.prompts,
             "samples": c.samples,
@@ -257,6 +258,7 @@ class FeedbackService:
             last_step_s=self.trainer.status.last_step_s,
             last_error=str(last) if last is not None else None,
             reward_note=self._reward_note(),
+            learned=self.learned.status if self.learned is not None else None,
         )
 
     def _reward_note(self) -> str | None:
@@ -267,7 +269,19 @@ class FeedbackService:
             notes.append(failed)
         if (stopped := self.reward_worker.status.stopped) is not None:
             notes.append(stopped)
+        if (waiting := self._learned_waiting()) is not None:
+            notes.append(waiting)
         return "; ".join(notes) or None
+
+    def _learned_waiting(self) -> str | None:
+        """Why the learned reward scores nothing yet, when it is the reward source."""
+        if not self.rewards.current().learned or self.learned is None or self.learned.status.version is not None:
+            return None
+        st = self.learned.status
+        return (
+            f"the learned reward model scores nothing until {st.needed} samples have human ratings "
+            f"({st.have} so far); until then only human scores train"
+        )
 
     def _training_state(self, scored: int, in_batches: int) -> str:
         t = self.trainer.status

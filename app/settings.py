@@ -53,6 +53,17 @@ class AppSettings:
     """`single`: raters score one response on a scale. `pairwise`: they compare two responses to one prompt (A better,
     B better, tie, both bad) and PPO trains on Bradley-Terry rewards fitted to the answers (docs/pairwise.md). An
     admin can switch it on the page."""
+    learned_min_ratings: int = 24
+    """Human-rated samples the learned reward model (`--reward learned` or `human+learned`) needs before it is fit
+    and scores anything; a fifth of them (at least 4) are held out to measure its agreement with people."""
+    learned_refit_every: int = 8
+    """Refit the learned reward model after this many new human ratings."""
+    learned_refit_s: float = 60.0
+    """Also refit the learned reward model this many seconds after its last fit when any human rating changed."""
+    learned_wait_s: float = 20.0
+    """With `human+learned`, how long a new sample is left to people before the learned model scores it."""
+    learned_embedder: str = "all-minilm-l6-v2"
+    """The learned reward model's sentence encoder: the packaged all-MiniLM-L6-v2, or a local BERT folder."""
 
     batch_size: int = 8
     """Scored samples per PPO step."""
@@ -145,6 +156,7 @@ class AppSettings:
             "mini_batch_size",
             "buffer",
             "threads",
+            "learned_refit_every",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -165,6 +177,7 @@ class AppSettings:
             "retry_backoff_s",
             "max_backoff_s",
             "reward_timeout_s",
+            "learned_refit_s",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -173,6 +186,10 @@ class AppSettings:
             raise ValueError(
                 f"--retry-backoff-s ({self.retry_backoff_s}) must not exceed --max-backoff-s ({self.max_backoff_s})"
             )
+        if self.learned_min_ratings < 8:
+            raise ValueError(f"--learned-min-ratings must be at least 8, got {self.learned_min_ratings}")
+        if not (math.isfinite(self.learned_wait_s) and self.learned_wait_s >= 0):
+            raise ValueError(f"--learned-wait-s must be >= 0, got {self.learned_wait_s}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.init_kl_coef) and self.init_kl_coef >= 0):
@@ -267,6 +284,11 @@ class AppSettings:
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    @property
+    def learned_enabled(self) -> bool:
+        """The learned reward model is among the configured sources, so its thread runs and is shown."""
+        return any(spec.strip() in ("learned", "human+learned") for spec in (self.reward, *self.reward_choices))
 
     @property
     def human_only(self) -> bool:

@@ -63,6 +63,8 @@ class Dashboard:
     reward_note: str | None = None
     """The reward source's state when it is not plainly in use: "switching to vader", a failed switch, scoring
     stopped (reward calls hang)."""
+    learned: LearnedRewardView | None = None
+    """The learned reward model, when it is among the configured reward sources."""
 
 
 @dataclass(frozen=True)
@@ -133,3 +135,37 @@ class PairResult:
     progress: Progress
     """`rated` counts this rater's comparisons."""
     notice: str | None
+
+
+@dataclass(frozen=True)
+class LearnedRewardView:
+    """The reward model learned from the raters (app/learned/): its fit, its agreement with people, its guard."""
+
+    version: int | None
+    """The current fit (`learned@vN`); None before the first fit."""
+    needed: int
+    """Human-rated samples it needs before it is fit and scores anything (`--learned-min-ratings`)."""
+    have: int
+    """Human-rated samples so far."""
+    fit_n: int = 0
+    """Human-rated samples the current fit was fit on."""
+    held_out_n: int = 0
+    """Human-rated samples kept out of the fit to measure it on."""
+    spearman: float | None = None
+    """Rank correlation with the held-out human scores (None: too few to say)."""
+    pairwise: float | None = None
+    """Share of held-out pairs people ordered that it orders the same way."""
+    fit_s: float | None = None
+    """Seconds the last refit took, embedding included."""
+    scoring: bool = False
+    """Whether the current reward source lets it score samples (`learned`, `human+learned`)."""
+    scored: int = 0
+    """Samples it scored (every version)."""
+    guarded: int = 0
+    """Samples its guard refused to score (far outside what it was fit on): never trained on its score."""
+    checks: int = 0
+    """Learned scores that people rated afterwards."""
+    checks_pairwise: float | None = None
+    """On the checks: share of pairs people ordered that its scores ordered the same way."""
+    checks_mean_abs_diff: float | None = None
+    """On the checks: mean |learned score - human score|."""

@@ -11,6 +11,7 @@ import html
 
 import pandas as pd
 
+from app.ui.learned_text import learned_text
 from app.views import Comparison, Dashboard, HistoryPoint, Progress, RaterView, RatingRow, VersionScore
 
 QUICK_LABELS = ("Bad", "Poor", "OK", "Good", "Great")
@@ -74,6 +75,8 @@ def dashboard_text(d: Dashboard) -> str:
     ]
     if d.reward_note:
         lines.append(f"**Reward:** {plain(d.reward_note)}")
+    if d.learned is not None:
+        lines.append(learned_text(d.learned))
     if d.last_error:
         lines.append(f"**Last error:** {plain(d.last_error)}")
     return "\n\n".join(lines)
