@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -83,8 +84,10 @@ def run_worker(
         *extra,
     ]
     LOG.info("run %-4s %s (log: %s)", impl, cfg.label, log_path.relative_to(ROOT))
+    # ppo_core importable from any interpreter (vs_trl.py --same-stack runs ours under the TRL env's python).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with log_path.open("w") as err:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, timeout=timeout, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         tail = log_path.read_text()[-3000:]

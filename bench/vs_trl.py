@@ -4,6 +4,7 @@
     .venv/bin/python bench/vs_trl.py               # tiny + gpt2-6x384 x b8,32 x L16,48, and smollm2 b8 L16
     .venv/bin/python bench/vs_trl.py --quick       # tiny + gpt2-6x384 at b8 L16, one round
     .venv/bin/python bench/vs_trl.py --models smollm2 --batches 8,32 --resp-lens 16 --rounds 1
+    .venv/bin/python bench/vs_trl.py --same-stack  # ours under the TRL env too: same transformers, same torch
 
 Per configuration the runs are interleaved, each in a fresh process: ours, trl, ours, trl, ... (`--rounds`), so
 machine noise hits both sides alike. Noise on a shared machine only ever adds time, so per side we take the
@@ -96,11 +97,13 @@ def compare(cfg: Config, ours: dict[str, Any], trl: dict[str, Any]) -> dict[str,
     }
 
 
-def run_config(cfg: Config, trl_python: Any, rounds: int, threads: int) -> tuple[dict[str, Any], list[Any]]:
+def run_config(
+    cfg: Config, ours_python: Any, trl_python: Any, rounds: int, threads: int
+) -> tuple[dict[str, Any], list[Any]]:
     """Interleave ours / trl `rounds` times in fresh processes; returns the comparison and the raw results."""
     sides: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
     for _ in range(rounds):
-        sides["ours"].append(run_worker(MAIN_PYTHON, "ours", cfg, threads))
+        sides["ours"].append(run_worker(ours_python, "ours", cfg, threads))
         sides["trl"].append(run_worker(trl_python, "trl", cfg, threads))
     result = compare(cfg, aggregate(sides["ours"]), aggregate(sides["trl"]))
     LOG.info(
@@ -157,6 +160,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed steps per run (default: by size)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved ours/trl runs per config")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both sides")
+    p.add_argument(
+        "--same-stack",
+        action="store_true",
+        help="run ppo_core under the TRL env's python too (transformers 4.45.2, accelerate 1.0.1): library "
+        "against library, without the difference between transformers versions",
+    )
     return p.parse_args(argv)
 
 
@@ -179,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     results, raw, errors = [], [], []
     for cfg in configs(args):
         try:
-            result, runs = run_config(cfg, trl_python, rounds, args.threads)
+            ours_python = trl_python if args.same_stack else MAIN_PYTHON
+            result, runs = run_config(cfg, ours_python, trl_python, rounds, args.threads)
         except RuntimeError as exc:  # one broken config must not hide the others' numbers
             LOG.error("%s", exc)
             errors.append({"config": cfg.label, "error": str(exc)[-500:]})
@@ -194,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         "bench": "vs_trl",
         "threads": args.threads,
         "rounds": rounds,
+        "same_stack": args.same_stack,
         **verdict(results, errors),
         "configs": [
             {k: c[k] for k in RESULT_KEYS} | {"ours_s": c["ours"]["step_s"], "trl_s": c["trl"]["step_s"]}
