@@ -163,8 +163,9 @@ class FeedbackService:
         with self.db.session_factory.begin() as s:
             lease = self.settings.lease_seconds
             sample = offer_sample(s, rater_id, offer, lease_seconds=lease) if offer is not None else None
-            if sample is None:
-                sample = next_sample_for_rater(s, rater_id, lease_seconds=lease)
+            if sample is None:  # only the newest version with samples: the badge never goes back
+                newest = self.generator.status.serving
+                sample = next_sample_for_rater(s, rater_id, lease_seconds=lease, min_policy_version=newest)
             p = rater_progress(s, rater_id)
         progress = Progress(p.rated, p.skipped, p.can_undo)
         if sample is None:
@@ -176,6 +177,11 @@ class FeedbackService:
         if self.generator.fatal is not None or (self._started and not self.generator.alive):
             return f"The generator has stopped ({self.generator.fatal or 'shutting down'}); no new responses."
         g = self.generator.status
+        if g.state == "held":
+            return (
+                f"All caught up: the model is learning from the {g.in_flight} responses people just rated; "
+                "new ones come with the next version (this page updates itself)"
+            )
         return (
             f"Nothing for you to rate right now: model v{g.version} is writing new responses (this page updates itself)"
         )
