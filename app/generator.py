@@ -136,6 +136,9 @@ def generate_samples(
     for prompt, query, response, logprobs in zip(prompts, queries, out.sequences, out.logprobs):
         if len(response) == 0:
             continue
+        # hit the length limit without an end-of-text token: the page marks the answer as cut (stored with the
+        # sample's generation settings, so no migration)
+        cut = len(response) >= kwargs["max_new_tokens"] and int(response[-1]) != tokenizer.eos_token_id
         samples.append(
             NewSample(
                 prompt_id=prompt.id,
@@ -144,7 +147,7 @@ def generate_samples(
                 response_ids=response.tolist(),
                 policy_version=version,
                 behaviour_logprobs=logprobs.clamp(max=0.0).tolist(),
-                generation_settings=settings,
+                generation_settings={**settings, "cut": cut},
             )
         )
     return samples

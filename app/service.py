@@ -38,7 +38,7 @@ from storage.export import export_jsonl, export_parquet, pairwise_dataset
 from storage.history import training_history
 from storage.quarantine import count_quarantined
 from storage.raters import get_or_create_rater, set_rater_role
-from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
+from storage.ratings import last_rating_undoable, rater_progress, recent_ratings, record_rating, undo_last_rating
 from storage.samples import count_unrated_unleased, next_sample_for_rater, offer_sample, skip_sample
 from storage.schema import BATCH_FAILED
 
@@ -170,8 +170,15 @@ class FeedbackService:
         progress = Progress(p.rated, p.skipped, p.can_undo)
         if sample is None:
             return NextResult(None, self._waiting(), progress, notice)
-        assignment = Assignment(sample.id, sample.prompt_text, sample.response_text, sample.policy_version)
+        settings = sample.generation_settings
+        cut_at = int(settings["max_new_tokens"]) if settings.get("cut") and "max_new_tokens" in settings else None
+        assignment = Assignment(sample.id, sample.prompt_text, sample.response_text, sample.policy_version, cut_at)
         return NextResult(assignment, None, progress, notice)
+
+    def can_undo(self, rater_id: int) -> bool:
+        """Whether the rater's last rating can still be undone: its sample is in no training batch yet."""
+        with self.db.read_session_factory.begin() as s:
+            return last_rating_undoable(s, rater_id)
 
     def _waiting(self) -> str:
         if self.generator.fatal is not None or (self._started and not self.generator.alive):
@@ -277,7 +284,7 @@ class FeedbackService:
                         step=len(self._history) + 1,
                         version=step.policy_version,
                         mean_score=float(mean),
-                        kl=float(stats.get("objective/kl", math.nan)),
+                        kl=float(stats.get("objective/kl_k3", stats.get("objective/kl", math.nan))),
                         policy_loss=float(stats.get("ppo/loss/policy", math.nan)),
                         value_loss=float(stats.get("ppo/loss/value", math.nan)),
                         time=_time(step.created_at),
