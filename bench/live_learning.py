@@ -304,6 +304,19 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     }
 
 
+def evaluate_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The figures and held-out scores of a finished run's data folder (`--keep`), without starting the app."""
+    data_dir = args.evaluate
+    with read_db(data_dir / "feedback.db") as conn:
+        figures = training_figures(conn)
+    live = newest_checkpoint(data_dir)
+    held = held_out_scores(args.model, live[1] if live else None, preference(args.preference), args.samples)
+    gain = held["live"]["all"] - held["v0"]["all"] if "live" in held else None
+    per_100 = 100 * gain / figures["ratings"] if gain is not None and figures["ratings"] else None
+    extra = {"gain": _rounded(gain), "gain_per_100_ratings": _rounded(per_100)}
+    return {"evaluated": str(data_dir), **figures, "live_version": live[0] if live else 0, "held_out": held, **extra}
+
+
 def _rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -323,6 +336,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ready-timeout", type=float, default=600.0)
     p.add_argument("--keep", type=Path, default=None, help="keep the data folder and app log here")
+    p.add_argument("--evaluate", type=Path, default=None, help="only score a kept run's data folder (held out)")
     p.add_argument("app_args", nargs="*", help="options for the app, after --")
     return p.parse_args(argv)
 
@@ -331,6 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
+    if args.evaluate is not None:
+        emit_result(evaluate_only(args))
+        return 0
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         result = run(args, args.keep)

@@ -53,7 +53,8 @@ class RateTab:
     @property
     def outputs(self) -> list[Any]:
         shown = [self.sample, self.prompt, self.response, self.version, self.status, self.progress]
-        return [*shown, self.undo, self.poll, self.slider, *self.controls]
+        polls = [] if self.undo_poll is None else [self.undo_poll]
+        return [*shown, self.undo, self.poll, self.slider, *self.controls, *polls]
 
     def show(self, r: NextResult, middle: float) -> tuple[Any, ...]:
         """Every new response starts with the slider in the middle (Enter never resends the last score) and
@@ -71,6 +72,7 @@ class RateTab:
             gr.Timer(active=a is None),
             middle,
             *(gr.Button(interactive=a is not None) for _ in self.controls),
+            *([] if self.undo_poll is None else [gr.Timer(active=True)]),  # signed in: keep Undo's state current
         )
 
 
@@ -101,7 +103,7 @@ def build_rate_tab(service: Service, rater: gr.State) -> RateTab:
         gr.Markdown(service.guidelines())
     controls = [*quick, submit, skip]
     poll = gr.Timer(1.0, active=False)
-    undo_poll = gr.Timer(UNDO_POLL_S)
+    undo_poll = gr.Timer(UNDO_POLL_S, active=False)
     shown = (gr.State(None), prompt, response, version, status, progress, undo, poll, slider, controls)
     tab = RateTab(*shown, undo_poll=undo_poll)
     tab.load_next = _wire(service, tab, rater, quick_scores(lo, hi), quick, slider, submit, skip, (lo + hi) / 2)
