@@ -51,7 +51,7 @@ class AppSettings:
     max_batch_size: int | None = None
     """Most scored samples one PPO step takes: a step takes every scored sample waiting, up to this, so what raters
     score during a step is trained in the next; it bounds step time (about linear in it) and the generator makes no
-    more responses than this ahead of the trainer. None = 3 x batch_size (docs/live-learning.md)."""
+    more responses than this ahead of the trainer. None = 2 x batch_size (docs/live-learning.md)."""
     mini_batch_size: int | None = None
     """Samples per forward/backward pass; None = batch_size."""
     ppo_epochs: int = 4
@@ -241,7 +241,7 @@ class AppSettings:
 
     @property
     def effective_max_batch_size(self) -> int:
-        return self.max_batch_size if self.max_batch_size is not None else 3 * self.batch_size
+        return self.max_batch_size if self.max_batch_size is not None else 2 * self.batch_size
 
     @property
     def effective_mini_batch_size(self) -> int:
