@@ -208,7 +208,9 @@ def wait_for_training(db_path: Path, timeout: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- held out
-def held_out_scores(model_name: str, live: Path | None, prefer: Callable[[str], float], samples: int) -> dict[str, Any]:
+def held_out_scores(
+    model_name: str, live: Path | None, prefer: Callable[[str], float], samples: int, with_v0: bool = True
+) -> dict[str, Any]:
     """Mean preference of v0 and the live checkpoint on HELD_OUT: greedy, and `samples` sampled answers each."""
     import torch
 
@@ -218,11 +220,12 @@ def held_out_scores(model_name: str, live: Path | None, prefer: Callable[[str], 
     from ppo_core.registry import resolve_model
     from ppo_core.value_head import AutoModelForCausalLMWithValueHead
 
+    torch.set_num_threads(1)  # on a loaded CPU, more OpenMP threads spin against each other (10x slower here)
     folder = resolve_model(model_name)
     tokenizer = load_tokenizer(folder)
     queries = [torch.tensor(encode_prompt(tokenizer, p), dtype=torch.long) for p in HELD_OUT]
     out: dict[str, Any] = {}
-    for label, path in (("v0", folder), ("live", str(live) if live else None)):
+    for label, path in (("v0", folder if with_v0 else None), ("live", str(live) if live else None)):
         if path is None:
             continue
         model = AutoModelForCausalLMWithValueHead.from_pretrained(path).eval()
@@ -273,8 +276,11 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     with read_db(config.db_path) as conn:
         figures = training_figures(conn)
     live = newest_checkpoint(config.data_dir)
-    held = held_out_scores(args.model, live[1] if live else None, prefer, args.samples)
     rate_ms = [ms for r in raters for ms in r.rate_ms]
+    partial = {"ratings": figures["ratings"], "share_trained": figures["share_trained"], "steps": figures["steps"]}
+    partial.update(rate_ms_p50=_rounded(percentile(rate_ms, 50)), rate_ms_p95=_rounded(percentile(rate_ms, 95)))
+    LOG.info("before the held-out scores (slow on a loaded CPU): %s", json.dumps(partial))
+    held = held_out_scores(args.model, live[1] if live else None, prefer, args.samples)
     gain = held["live"]["all"] - held["v0"]["all"] if "live" in held else None
     backwards = sum(sum(b < a for a, b in zip(r.versions, r.versions[1:])) for r in raters)
     return {
