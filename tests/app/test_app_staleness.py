@@ -18,7 +18,7 @@ from tests.app.app_helpers import batch_of, batches, generate, open_samples, sta
 def test_old_unrated_samples_go_stale_and_rated_ones_train_with_their_behaviour_logprobs(
     make_service: Callable[..., FeedbackService], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = make_service(max_staleness=1, buffer=6)
+    service = make_service(max_staleness=1, buffer=6, max_batch_size=6)
     alice = service.login("alice")
     generate(service, 6)
     a, b, c, d = sorted(open_samples(service))[:4]  # four of the six samples of version 0
