@@ -186,7 +186,8 @@ class FeedbackService:
         g = self.generator.status
         if g.state == "held":
             return (
-                f"All caught up: the model is learning from the {g.in_flight} responses people just rated; "
+                f"Nothing for you to rate right now: the model is learning from the {g.in_flight} responses people "
+                "just rated; "
                 "new ones come with the next version (this page updates itself)"
             )
         return (
