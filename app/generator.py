@@ -3,6 +3,11 @@
 It owns its own copy of the policy (the trainer trains another instance) and, between batches, loads the newest
 published weights into it as a whole. A batch in progress is cut short and thrown away when newer weights are
 published (so raters see the new version within about a token's time) or when the app stops.
+
+Raters are served only the newest version that has samples (`GeneratorStatus.serving`), so the version they see
+never goes back; unrated samples of older versions are left to age out (generation is cheap next to a rating).
+The generator stays at most `--max-batch-size` samples ahead of the trainer (`count_in_flight`): raters then never
+score more during a step than the next step takes, so every rating is trained one step later (docs/live-learning.md).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from ppo_core.prompts import encode_prompt
 from storage.engine import Database
 from storage.prompts import prompts_for_generation
 from storage.records import NewSample, PromptRecord
-from storage.samples import add_samples, count_unrated_unleased
+from storage.samples import add_samples, count_in_flight, count_unrated_unleased
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +47,7 @@ COMPARE_TIMEOUT_S = 300.0
 @dataclass(frozen=True)
 class GeneratorStatus:
     state: str
-    """"starting" | "generating" | "idle" | "stopped"."""
+    """"starting" | "generating" | "idle" | "held" (`--max-batch-size` samples ahead of the trainer) | "stopped"."""
     version: int
     """Version of the weights the generator is using."""
     ready: int
@@ -54,6 +59,10 @@ class GeneratorStatus:
     samples: int
     loaded_at: float
     """`time.monotonic()` when `version` was loaded."""
+    serving: int = 0
+    """The newest version with stored samples: raters are shown samples of it (or newer) only."""
+    in_flight: int = 0
+    """Samples rated but not yet trained, held by raters, or ready: at `--max-batch-size` the generator waits."""
 
 
 class _Interrupt(StoppingCriteria):
@@ -127,6 +136,9 @@ def generate_samples(
     for prompt, query, response, logprobs in zip(prompts, queries, out.sequences, out.logprobs):
         if len(response) == 0:
             continue
+        # hit the length limit without an end-of-text token: the page marks the answer as cut (stored with the
+        # sample's generation settings, so no migration)
+        cut = len(response) >= kwargs["max_new_tokens"] and int(response[-1]) != tokenizer.eos_token_id
         samples.append(
             NewSample(
                 prompt_id=prompt.id,
@@ -135,7 +147,7 @@ def generate_samples(
                 response_ids=response.tolist(),
                 policy_version=version,
                 behaviour_logprobs=logprobs.clamp(max=0.0).tolist(),
-                generation_settings=settings,
+                generation_settings={**settings, "cut": cut},
             )
         )
     return samples
@@ -172,6 +184,7 @@ class GeneratorWorker(Worker):
         self.kwargs = sampling_kwargs(settings)
         self.greedy_kwargs = {"do_sample": False, "max_new_tokens": settings.max_new_tokens}
         self.batch_size = settings.batch_size
+        self.max_in_flight = settings.effective_max_batch_size
         self.window = window or StalenessWindow(settings.max_staleness)
         self.encode = PromptEncoder(tokenizer, settings.max_prompt_tokens)
         version = publisher.version
@@ -198,13 +211,18 @@ class GeneratorWorker(Worker):
         self.serve_requests()
         self.load_newest()
         with self.db.read_session_factory.begin() as s:
-            ready = count_unrated_unleased(s, min_policy_version=self.window.floor(self.status.version))
-        self.status = replace(self.status, ready=ready)
+            ready = count_unrated_unleased(s, min_policy_version=self.status.serving)
+            in_flight = count_in_flight(s, self.status.version)
+        self.status = replace(self.status, ready=ready, in_flight=in_flight)
         wanted = min(self.status.target - ready, self.batch_size)
         if self._served_version < self.status.version:
-            # New weights: one batch from them at once, even over the target, so raters (served newest version
-            # first) see the new version right away; older samples age out through the staleness window.
+            # New weights: one batch from them at once, even over the target, so raters (served the newest
+            # version only) see the new version right away; older unrated samples age out.
             wanted = self.batch_size
+        if in_flight >= self.max_in_flight:
+            self.status = replace(self.status, state="held")
+            return False
+        wanted = min(wanted, self.max_in_flight - in_flight)
         if wanted <= 0:
             self.status = replace(self.status, state="idle")
             return False
@@ -249,6 +267,7 @@ class GeneratorWorker(Worker):
         st = self.status
         self.status = replace(
             st,
+            serving=max(st.serving, version) if samples else st.serving,
             ready=st.ready + len(samples),
             tokens_per_s=tokens / seconds if seconds > 0 else None,
             batches=st.batches + 1,

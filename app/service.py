@@ -42,7 +42,7 @@ from storage.history import training_history
 from storage.pair_export import export_comparisons
 from storage.quarantine import count_quarantined
 from storage.raters import get_or_create_rater, set_rater_role
-from storage.ratings import rater_progress, recent_ratings, record_rating, undo_last_rating
+from storage.ratings import last_rating_undoable, rater_progress, recent_ratings, record_rating, undo_last_rating
 from storage.samples import count_unrated_unleased, next_sample_for_rater, offer_sample, skip_sample
 from storage.schema import BATCH_FAILED
 
@@ -193,19 +193,33 @@ class FeedbackService:
         with self.db.session_factory.begin() as s:
             lease = self.settings.lease_seconds
             sample = offer_sample(s, rater_id, offer, lease_seconds=lease) if offer is not None and single else None
-            if sample is None and single:
-                sample = next_sample_for_rater(s, rater_id, lease_seconds=lease)
+            if sample is None and single:  # only the newest version with samples: the badge never goes back
+                newest = self.generator.status.serving
+                sample = next_sample_for_rater(s, rater_id, lease_seconds=lease, min_policy_version=newest)
             p = rater_progress(s, rater_id)
         progress = Progress(p.rated, p.skipped, p.can_undo)
         if sample is None:
             return NextResult(None, self._waiting() if single else PAIRWISE_ON, progress, notice)
-        assignment = Assignment(sample.id, sample.prompt_text, sample.response_text, sample.policy_version)
+        settings = sample.generation_settings
+        cut_at = int(settings["max_new_tokens"]) if settings.get("cut") and "max_new_tokens" in settings else None
+        assignment = Assignment(sample.id, sample.prompt_text, sample.response_text, sample.policy_version, cut_at)
         return NextResult(assignment, None, progress, notice)
+
+    def can_undo(self, rater_id: int) -> bool:
+        """Whether the rater's last rating can still be undone: its sample is in no training batch yet."""
+        with self.db.read_session_factory.begin() as s:
+            return last_rating_undoable(s, rater_id)
 
     def _waiting(self) -> str:
         if self.generator.fatal is not None or (self._started and not self.generator.alive):
             return f"The generator has stopped ({self.generator.fatal or 'shutting down'}); no new responses."
         g = self.generator.status
+        if g.state == "held":
+            return (
+                f"Nothing for you to rate right now: the model is learning from the {g.in_flight} responses people "
+                "just rated; "
+                "new ones come with the next version (this page updates itself)"
+            )
         return (
             f"Nothing for you to rate right now: model v{g.version} is writing new responses (this page updates itself)"
         )
@@ -314,7 +328,7 @@ class FeedbackService:
                         step=len(self._history) + 1,
                         version=step.policy_version,
                         mean_score=float(mean),
-                        kl=float(stats.get("objective/kl", math.nan)),
+                        kl=float(stats.get("objective/kl_k3", stats.get("objective/kl", math.nan))),
                         policy_loss=float(stats.get("ppo/loss/policy", math.nan)),
                         value_loss=float(stats.get("ppo/loss/value", math.nan)),
                         time=_time(step.created_at),

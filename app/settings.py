@@ -66,7 +66,11 @@ class AppSettings:
     """The learned reward model's sentence encoder: the packaged all-MiniLM-L6-v2, or a local BERT folder."""
 
     batch_size: int = 8
-    """Scored samples per PPO step."""
+    """Scored samples per PPO step, at least: the trainer waits for this many."""
+    max_batch_size: int | None = None
+    """Most scored samples one PPO step takes: a step takes every scored sample waiting, up to this, so what raters
+    score during a step is trained in the next; it bounds step time (about linear in it) and the generator makes no
+    more responses than this ahead of the trainer. None = 2 x batch_size (docs/live-learning.md)."""
     mini_batch_size: int | None = None
     """Samples per forward/backward pass; None = batch_size."""
     ppo_epochs: int = 4
@@ -154,6 +158,7 @@ class AppSettings:
             "keep_checkpoints",
             "pause_after_failures",
             "mini_batch_size",
+            "max_batch_size",
             "buffer",
             "threads",
             "learned_refit_every",
@@ -164,6 +169,13 @@ class AppSettings:
         if self.batch_size % self.effective_mini_batch_size:
             raise ValueError(
                 f"--batch-size ({self.batch_size}) must be a multiple of --mini-batch-size ({self.mini_batch_size})"
+            )
+        if self.effective_max_batch_size < self.batch_size or self.effective_max_batch_size % (
+            self.mini_batch_size or 1
+        ):
+            raise ValueError(
+                f"--max-batch-size ({self.max_batch_size}) must be at least --batch-size ({self.batch_size}) "
+                f"and a multiple of --mini-batch-size ({self.mini_batch_size})"
             )
         if self.max_staleness < 0:
             raise ValueError(f"--max-staleness must be an int >= 0, got {self.max_staleness!r}")
@@ -268,6 +280,10 @@ class AppSettings:
     @property
     def buffer_target(self) -> int:
         return self.buffer if self.buffer is not None else 2 * self.batch_size
+
+    @property
+    def effective_max_batch_size(self) -> int:
+        return self.max_batch_size if self.max_batch_size is not None else 2 * self.batch_size
 
     @property
     def effective_mini_batch_size(self) -> int:

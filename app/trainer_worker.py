@@ -1,4 +1,8 @@
-"""The trainer thread: claims each full scored batch exactly once, runs a PPO step, publishes the new weights.
+"""The trainer thread: claims each scored batch exactly once, runs a PPO step, publishes the new weights.
+
+A batch is every scored sample waiting when a step starts, at least `--batch-size` and at most `--max-batch-size`
+(docs/live-learning.md): what raters score during a step is trained in the next one, and the step size follows
+the raters' pace instead of leaving their ratings to age out of the staleness window.
 
 It owns the `PPOTrainer` (training model, optimizer, KL controller): nothing else touches them. Staleness policy
 (docs/app.md): a claim first marks open samples older than `version - max_staleness` stale (never trained; their
@@ -212,6 +216,8 @@ class TrainerWorker(Worker):
                 self.claimer,
                 min_policy_version=self.window.floor(version),
                 use_auto_scores=self.use_auto_scores(),
+                max_size=self.settings.effective_max_batch_size,
+                multiple=self.settings.mini_batch_size or 1,
             )
 
     def train(self, batch: ClaimedBatch) -> bool:
@@ -238,6 +244,8 @@ class TrainerWorker(Worker):
 
     def step(self, batch: ClaimedBatch) -> dict[str, Any]:
         t = batch_tensors(batch)
+        n = len(batch.samples)
+        self.trainer.set_batch_size(n, self.settings.mini_batch_size or n)
         return self.trainer.step(t.queries, t.responses, t.scores, behaviour_logprobs=t.behaviour_logprobs)
 
     def _commit(self, batch: ClaimedBatch, stats: dict[str, Any], step_s: float) -> tuple[StepIn, bool]:
@@ -286,6 +294,7 @@ class TrainerWorker(Worker):
         ages = [self.status.version - x.policy_version for x in batch.samples]
         values["app/staleness_mean"] = sum(ages) / len(ages)
         values["app/staleness_max"] = float(max(ages))
+        values["app/batch_size"] = float(len(batch.samples))
         durations["step_s"] = step_s
         return StepIn(self.status.version + 1, values, self.config_record, durations)
 

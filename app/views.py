@@ -22,6 +22,8 @@ class Assignment:
     prompt: str
     response: str
     policy_version: int
+    cut_at: int | None = None
+    """The token limit the response was cut at (it ended without an end-of-text token); None when it ended."""
 
 
 @dataclass(frozen=True)

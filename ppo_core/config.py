@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 KLPenalty = Literal["kl", "abs", "mse", "full"]
@@ -178,6 +178,13 @@ class PPOConfig:
     def global_batch_size(self) -> int:
         """`batch_size` over all processes."""
         return self.batch_size * (self.world_size or 1)
+
+    def resized(self, batch_size: int, mini_batch_size: int | None = None) -> PPOConfig:
+        """A copy for batches of `batch_size` (validated as any config); `mini_batch_size` None keeps the ratio
+        of one minibatch per batch when this config has it, else this config's minibatch."""
+        if mini_batch_size is None:
+            mini_batch_size = batch_size if self.mini_batch_size == self.batch_size else self.mini_batch_size
+        return replace(self, batch_size=batch_size, mini_batch_size=mini_batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (for logging and for the step records of the app)."""

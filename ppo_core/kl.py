@@ -19,6 +19,14 @@ def kl_estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tenso
     return logprob - ref_logprob
 
 
+def k3_kl(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    """k3 estimator (Schulman 2020, "Approximating KL divergence"): `(r - 1) - log r` with `r = p_ref / p`,
+    unbiased for KL(pi || ref) on samples from pi and never negative, unlike k1 = logp - logp_ref, whose sum over
+    a response can go below 0. `(B, T), (B, T) -> (B, T)`."""
+    log_ratio = (ref_logprob - logprob).float().clamp(max=20.0)
+    return torch.expm1(log_ratio) - log_ratio
+
+
 def abs_kl(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
     """|logp - logp_ref|: `(B, T) -> (B, T)`."""
     return (logprob - ref_logprob).abs()

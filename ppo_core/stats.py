@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ppo_core.collectives import Collectives
+from ppo_core.kl import k3_kl
 from ppo_core.masked import masked_mean, masked_sum
 
 
@@ -26,7 +27,9 @@ def objective_stats(
 
     As in TRL 0.11 (`record_step_stats`), `objective/kl` and `objective/kl_dist` sum the selected per-token penalty
     `kls` (`kl_penalty`: `kl`, `abs`, `mse` or `full`) over each response; the adaptive controller reads
-    `objective/kl`. `objective/kl_estimate` (not in TRL) is the same with the plain `logprob - ref_logprob`.
+    `objective/kl`. `objective/kl_estimate` (not in TRL) is the same with the plain `logprob - ref_logprob` (k1,
+    which can be negative); `objective/kl_k3` (not in TRL) sums the k3 estimator (`ppo_core.kl.k3_kl`), never
+    negative: what the app plots.
     """
     mask_f = mask.float()
     kl_list = masked_sum(kls.float(), mask, axis=-1)  # (B,)
@@ -34,6 +37,7 @@ def objective_stats(
         "objective/kl": kl_list.mean(),
         "objective/kl_dist": kl_list,
         "objective/kl_estimate": masked_sum(logprobs - ref_logprobs, mask, axis=-1).mean(),
+        "objective/kl_k3": masked_sum(k3_kl(logprobs, ref_logprobs), mask, axis=-1).mean(),
         "objective/logprobs": logprobs,
         "objective/ref_logprobs": ref_logprobs,
         "objective/kl_coef": kl_coef,

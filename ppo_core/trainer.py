@@ -209,6 +209,13 @@ class PPOTrainer:
             yield model
 
     # ------------------------------------------------------------------------------------------------ step
+    def set_batch_size(self, batch_size: int, mini_batch_size: int | None = None) -> None:
+        """Take `batch_size` samples per `step()` from now on (not in TRL, whose batch is fixed by its config).
+
+        For a caller whose batches vary, e.g. the rating app, which trains every sample people scored during
+        the last step. The KL controller counts the samples actually seen; everything else is per batch."""
+        self.config = self.config.resized(batch_size, mini_batch_size)
+
     def step(
         self,
         queries: Sequence[torch.Tensor],

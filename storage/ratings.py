@@ -172,8 +172,6 @@ def rater_progress(s: Session, rater_id: int) -> RaterProgress:
     available = s.scalar(
         select(func.count()).select_from(Sample).where(is_open(), ~rated_by(rater.id), ~skipped_by(rater.id))
     )
-    last_sample = s.scalars(_last_rating(rater.id).with_only_columns(Rating.sample_id)).first()
-    can_undo = last_sample is not None and s.scalar(select(Sample.batch_id).where(Sample.id == last_sample)) is None
     return RaterProgress(
         rater_id=rater.id,
         name=rater.name,
@@ -182,8 +180,14 @@ def rater_progress(s: Session, rater_id: int) -> RaterProgress:
         trained=trained or 0,
         available=available or 0,
         last_rated_at=last,
-        can_undo=can_undo,
+        can_undo=last_rating_undoable(s, rater.id),
     )
+
+
+def last_rating_undoable(s: Session, rater_id: int) -> bool:
+    """The rater has a last rating and its sample is in no training batch yet (undo_last_rating would work)."""
+    last_sample = s.scalars(_last_rating(rater_id).with_only_columns(Rating.sample_id)).first()
+    return last_sample is not None and s.scalar(select(Sample.batch_id).where(Sample.id == last_sample)) is None
 
 
 def _last_rating(rater_id: int) -> Select[Rating]:

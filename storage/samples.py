@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import BindParameter, Integer, bindparam, func, select, update
+from sqlalchemy import BindParameter, Integer, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.conversions import sample_record
@@ -42,6 +42,7 @@ _RATER: BindParameter[int] = bindparam("q_rater", type_=Integer())
 _SAMPLE: BindParameter[int] = bindparam("q_sample", type_=Integer())
 _NOW: BindParameter[datetime] = bindparam("q_now", type_=UTCDateTime())
 _UNTIL: BindParameter[datetime] = bindparam("q_until", type_=UTCDateTime())
+_MIN_VERSION: BindParameter[int] = bindparam("q_min_version", type_=Integer())
 _HELD_LEASE = (
     select(Sample.id)
     .where(
@@ -56,7 +57,13 @@ _HELD_LEASE = (
 )
 _QUEUE = (
     select(Sample.id)
-    .where(is_open(), lease_free(_NOW, _RATER), ~rated_by(_RATER), ~skipped_by(_RATER))
+    .where(
+        is_open(),
+        lease_free(_NOW, _RATER),
+        ~rated_by(_RATER),
+        ~skipped_by(_RATER),
+        Sample.policy_version >= _MIN_VERSION,
+    )
     .order_by(Sample.policy_version.desc(), Sample.human_n, Sample.id.desc())
     .limit(_CANDIDATES)
     # PostgreSQL: never wait on a row another transaction holds. A compare-and-set UPDATE that waits for a claim and
@@ -142,24 +149,31 @@ def get_sample(s: Session, sample_id: int) -> SampleRecord:
 
 
 def next_sample_for_rater(
-    s: Session, rater_id: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, now: datetime | None = None
+    s: Session,
+    rater_id: int,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    now: datetime | None = None,
+    min_policy_version: int = 0,
 ) -> SampleRecord | None:
     """The sample to show this rater, leased to them for ``lease_seconds``; None when nothing is left.
 
     Asking again returns the same sample (lease renewed) until they rate or skip it or the lease expires.
-    Otherwise: an open sample they have neither rated nor skipped and nobody else holds, newest policy
-    version first, then fewest human ratings (spread raters over unrated samples), then newest.
+    Otherwise: an open sample they have neither rated nor skipped and nobody else holds, of a policy version
+    ``min_policy_version`` or newer (the app passes the newest version with samples, so the version a rater
+    sees never goes back), newest version first, then fewest human ratings (spread raters), then newest.
     """
     rater = load_rater(s, rater_id)
     lease = check_seconds(lease_seconds, "lease_seconds")
     now = resolve_now(now)
     until = now + timedelta(seconds=lease)
     params = {"q_rater": rater.id, "q_now": now, "q_until": until}
+    queue_params = {**params, "q_min_version": check_int(min_policy_version, "min_policy_version")}
     held = s.execute(_HELD_LEASE, params).scalar()
     if held is not None and rowcount(s.execute(_RENEW_LEASE, {**params, "q_sample": held})) == 1:
         return _record(s, held)
     for _ in range(3):
-        candidates = s.scalars(_QUEUE, params).all()
+        candidates = s.scalars(_QUEUE, queue_params).all()
         for sample_id in candidates:
             if _take_lease(s, sample_id, rater.id, now, until):
                 return _record(s, sample_id)
@@ -218,6 +232,16 @@ def count_unrated_unleased(s: Session, *, now: datetime | None = None, min_polic
     if min_policy_version is not None:
         stmt = stmt.where(Sample.policy_version >= min_policy_version)
     return s.scalar(stmt) or 0
+
+
+def count_in_flight(s: Session, min_policy_version: int, *, now: datetime | None = None) -> int:
+    """Open samples the next training steps will take or raters are about to rate: every sample a person rated
+    (never stale), every one a rater holds, and every unrated one of ``min_policy_version`` or newer. The
+    generator makes no more while this reaches the trainer's largest batch, so no rating waits beyond one step.
+    """
+    now = resolve_now(now)
+    pending = or_(Sample.human_n > 0, ~lease_free(now), Sample.policy_version >= min_policy_version)
+    return s.scalar(select(func.count()).where(is_open(), pending)) or 0
 
 
 def samples_needing_auto_score(s: Session, source: str, limit: int = 64) -> list[SampleRecord]:

@@ -17,7 +17,7 @@ from app.views import Comparison, Dashboard, HistoryPoint, Progress, RaterView, 
 QUICK_LABELS = ("Bad", "Poor", "OK", "Good", "Great")
 PLOT_METRICS = {
     "mean_score": "Mean score",
-    "kl": "KL to reference",
+    "kl": "KL to reference (k3, never negative)",
     "policy_loss": "Policy loss",
     "value_loss": "Value loss",
 }
@@ -52,6 +52,14 @@ def rater_badge(rater: RaterView | None) -> str:
 
 def progress_text(progress: Progress) -> str:
     return f"**{progress.rated}** rated · {progress.skipped} skipped"
+
+
+def response_label(version: int | None, cut_at: int | None) -> str:
+    """The response box's label: its version and, for an answer cut at the token limit, a mark saying so."""
+    if version is None:
+        return "Response"
+    cut = f" · … cut at {cut_at} tokens (the answer did not finish)" if cut_at is not None else ""
+    return f"Response · model v{version}{cut}"
 
 
 def version_badge(version: int | None) -> str:

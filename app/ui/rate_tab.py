@@ -16,12 +16,13 @@ import gradio as gr
 
 from app.ui.contract import Service
 from app.ui.errors import need, shown
-from app.ui.formatting import progress_text, quick_label, quick_scores, status_text, version_badge
+from app.ui.formatting import progress_text, quick_label, quick_scores, response_label, status_text, version_badge
 from app.ui.identity import caller_of
 from app.views import NextResult, RaterView
 
 SIGN_IN = "Sign in with your name first."
 NOTHING = "Nothing to rate yet: wait for the next response."
+UNDO_POLL_S = 2.0
 RATE_EVENTS: dict[str, Any] = {"concurrency_id": "rate", "concurrency_limit": 16, "show_progress": "hidden"}
 KEY_HINT = (
     '<div class="key-hint">Keyboard: <kbd>1</kbd>–<kbd>5</kbd> quick score · <kbd>Enter</kbd> submit slider · '
@@ -46,17 +47,20 @@ class RateTab:
     """The score buttons, submit and skip: usable only while a response is shown."""
     load_next: Callable[..., tuple[Any, ...]] | None = None
     """Shows the rater's current or next sample; the page chains it after sign-in."""
+    undo_poll: gr.Timer | None = None
+    """Keeps Undo's state with the claim: it greys out once the trainer takes the last rating's sample."""
 
     @property
     def outputs(self) -> list[Any]:
         shown = [self.sample, self.prompt, self.response, self.version, self.status, self.progress]
-        return [*shown, self.undo, self.poll, self.slider, *self.controls]
+        polls = [] if self.undo_poll is None else [self.undo_poll]
+        return [*shown, self.undo, self.poll, self.slider, *self.controls, *polls]
 
     def show(self, r: NextResult, middle: float) -> tuple[Any, ...]:
         """Every new response starts with the slider in the middle (Enter never resends the last score) and
         the score buttons disabled while there is nothing to rate."""
         a = r.assignment
-        label = "Response" if a is None else f"Response · model v{a.policy_version}"
+        label = response_label(None, None) if a is None else response_label(a.policy_version, a.cut_at)
         return (
             None if a is None else a.sample_id,
             "" if a is None else a.prompt,
@@ -68,6 +72,7 @@ class RateTab:
             gr.Timer(active=a is None),
             middle,
             *(gr.Button(interactive=a is not None) for _ in self.controls),
+            *([] if self.undo_poll is None else [gr.Timer(active=True)]),  # signed in: keep Undo's state current
         )
 
 
@@ -98,7 +103,9 @@ def build_rate_tab(service: Service, rater: gr.State) -> RateTab:
         gr.Markdown(service.guidelines())
     controls = [*quick, submit, skip]
     poll = gr.Timer(1.0, active=False)
-    tab = RateTab(gr.State(None), prompt, response, version, status, progress, undo, poll, slider, controls)
+    undo_poll = gr.Timer(UNDO_POLL_S, active=False)
+    shown = (gr.State(None), prompt, response, version, status, progress, undo, poll, slider, controls)
+    tab = RateTab(*shown, undo_poll=undo_poll)
     tab.load_next = _wire(service, tab, rater, quick_scores(lo, hi), quick, slider, submit, skip, (lo + hi) / 2)
     return tab
 
@@ -157,4 +164,12 @@ def _wire(
     skip.click(on_skip, state, tab.outputs, api_name="skip", **RATE_EVENTS)
     tab.undo.click(on_undo, [rater], tab.outputs, api_name="undo", **RATE_EVENTS)
     tab.poll.tick(on_next, [rater], tab.outputs, api_name="next", **RATE_EVENTS)
+
+    def on_undo_state(r: RaterView | None, request: gr.Request) -> Any:
+        if r is None:
+            return gr.skip()
+        return gr.Button(interactive=service.can_undo(rater_of(r, request)))
+
+    if tab.undo_poll is not None:
+        tab.undo_poll.tick(on_undo_state, [rater], [tab.undo], api_visibility="private", **RATE_EVENTS)
     return on_next

@@ -50,6 +50,9 @@ class FakeGeneratorStatus:
     version: int = 0
     ready: int = 0
     target: int = 4
+    state: str = "idle"
+    serving: int = 0
+    in_flight: int = 0
 
 
 class FakeGenerator(FakeWorker):

@@ -165,6 +165,8 @@ def written(name: str, hint: Any, default: object) -> tuple[list[str], object]:
         (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
     if name == "host":
         return ["--host", "localhost"], "localhost"
+    if name == "max_batch_size":  # at least --batch-size (8)
+        return ["--max-batch-size", "24"], 24
     if hint is bool:  # --share needs a login; every other flag stands alone
         extra = ["--auth", "admin:pw"] if name == "share" else []
         return [*extra, "--" + ("no-" if default else "") + name.replace("_", "-")], not default

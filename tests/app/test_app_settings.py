@@ -155,3 +155,11 @@ def test_valid_settings_survive_the_round_trip_through_the_command_line(kwargs: 
     except ValueError:
         assume(False)
     assert parse_settings(argv_for(kwargs), env={}) == settings
+
+
+def test_max_batch_size_defaults_to_twice_the_batch_and_is_checked() -> None:
+    assert AppSettings(batch_size=8).effective_max_batch_size == 16
+    assert AppSettings(batch_size=8, max_batch_size=8).effective_max_batch_size == 8
+    for bad in ({"max_batch_size": 4}, {"mini_batch_size": 4, "max_batch_size": 18}, {"max_batch_size": 0}):
+        with pytest.raises(ValueError, match="--max-batch-size"):
+            AppSettings(batch_size=8, **bad)  # type: ignore[arg-type]

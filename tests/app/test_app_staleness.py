@@ -1,5 +1,5 @@
-"""Staleness policy: samples older than `max_staleness` versions are never trained; samples inside the window are
-trained with the importance correction from their stored behaviour log-probs."""
+"""Staleness policy: unrated samples older than `max_staleness` versions are never trained (nor shown); a sample a
+person rated is trained whatever its age, with the importance correction from its stored behaviour log-probs."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from storage.samples import get_sample
 from tests.app.app_helpers import batch_of, batches, generate, open_samples, stale_samples
 
 
-def test_too_old_samples_are_never_trained_and_in_window_ones_use_their_behaviour_logprobs(
+def test_old_unrated_samples_go_stale_and_rated_ones_train_with_their_behaviour_logprobs(
     make_service: Callable[..., FeedbackService], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    service = make_service(max_staleness=1)
+    service = make_service(max_staleness=1, buffer=6, max_batch_size=6)
     alice = service.login("alice")
-    generate(service, 4)
-    a, b, c, d = sorted(open_samples(service))  # four samples of version 0
+    generate(service, 6)
+    a, b, c, d = sorted(open_samples(service))[:4]  # four of the six samples of version 0
     calls: list[dict[str, Any]] = []
     real_step = service.trainer.trainer.step
 
@@ -46,24 +46,25 @@ def test_too_old_samples_are_never_trained_and_in_window_ones_use_their_behaviou
     used = {tuple(r.tolist()): lp for r, lp in zip(calls[-1]["responses"], calls[-1]["behaviour_logprobs"])}
     torch.testing.assert_close(used[stored_c.response_ids], torch.tensor(stored_c.behaviour_logprobs))
 
-    for sample_id in (d, f):  # d is now two versions old: beyond max_staleness=1
+    unrated_v0 = {i for i, v in open_samples(service).items() if v == 0 and i != d}
+    for sample_id in (d, f):  # d is now two versions old, beyond max_staleness=1, but a person rated it
         service.rate(alice.id, sample_id, -1.0)
-    assert not service.trainer.tick()  # only f is trainable: no full batch
-    assert d in stale_samples(service) and f in open_samples(service)
-    assert len(calls) == 2 and service.publisher.version == 2
-    rated = {(r.prompt, r.response) for r in service.recent_ratings(50)}
+    assert service.trainer.tick() and service.publisher.version == 3
+    assert batch_of(service, d) == batch_of(service, f) is not None
     with service.db.read_session_factory.begin() as s:
         stored_d = get_sample(s, d)
-    assert (stored_d.prompt_text, stored_d.response_text) in rated  # the rating is kept and exported
-
-    service.generator.tick()
-    newest = max(i for i, v in open_samples(service).items() if v == 2)
-    service.rate(alice.id, newest, 1.0)
-    assert service.trainer.tick() and service.publisher.version == 3
-    assert batch_of(service, f) == batch_of(service, newest) is not None
-    assert batch_of(service, d) is None and d in stale_samples(service)
+        last_step = training_history(s)[-1]
+    assert last_step.stats["app/staleness_max"] == 2.0
+    used = {tuple(r.tolist()): lp for r, lp in zip(calls[-1]["responses"], calls[-1]["behaviour_logprobs"])}
+    torch.testing.assert_close(used[stored_d.response_ids], torch.tensor(stored_d.behaviour_logprobs))
+    # what nobody rated ages out: unrated samples of version 0 are stale, never shown or trained, except the one
+    # alice is looking at (her rating may come)
+    held = set(open_samples(service)) - set(open_samples(service, unleased=True))
+    stale = stale_samples(service)
+    assert stale and stale <= unrated_v0 and unrated_v0 - stale <= held
     assert [x.status for x in batches(service)] == ["trained"] * 3
-    assert service.dashboard().counts["stale"] >= 1
+    counts = service.dashboard().counts
+    assert counts["human_ratings_trained"] == counts["human_ratings_all"] == 6
 
 
 def test_the_window_counts_training_steps_not_the_version_numbers_a_crash_skipped() -> None:

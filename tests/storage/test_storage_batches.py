@@ -199,18 +199,54 @@ def test_release_all_claims_at_startup_ignores_the_attempt_limit(db: Database) -
     assert run(storage.get_batch, batch.batch_id).status == "pending"
 
 
-def test_min_policy_version_marks_old_samples_stale(db: Database) -> None:
+def test_min_policy_version_marks_old_unrated_and_machine_scored_samples_stale_never_human_rated(db: Database) -> None:
     run = in_tx(db)
     (pid,), _ = seed(db, prompts=1, samples_per_prompt=0)
-    old, new = run(storage.add_samples, [new_sample(pid, 1), new_sample(pid, 3)])
+    samples = [new_sample(pid, v) for v in (1, 1, 1, 1, 3)]
+    rated_old, machine_old, _unrated_old, held_old, new = run(storage.add_samples, samples)
+    alice, bob = rater(db, "alice"), rater(db, "bob")
+    vader = rater(db, "reward:vader", "model")
+    _rate_all(db, [rated_old, new], alice)
+    run(storage.record_rating, machine_old, vader, 0.9, source="vader")
+    assert run(storage.offer_sample, bob, held_old) is not None  # bob is looking at it now
+    batch = run(storage.claim_next_batch, 2, "trainer", min_policy_version=2, use_auto_scores=False)
+    assert sorted(x.sample_id for x in batch.samples) == sorted([rated_old, new])  # the person's work is trained
+    assert run(storage.counts).stale == 2  # machine_old and unrated_old
+    assert run(storage.next_sample_for_rater, rater(db, "carol")) is None  # nobody is asked to rate them
+    run(storage.record_rating, held_old, bob, -0.5)  # bob's rating arrives after the claim: still trainable
+    again = run(storage.claim_next_batch, 1, "trainer", min_policy_version=4, use_auto_scores=False)
+    assert [x.sample_id for x in again.samples] == [held_old]
+
+
+def test_a_claim_takes_every_scored_sample_up_to_max_size_in_multiples(db: Database) -> None:
+    run = in_tx(db)
+    _, sids = seed(db, prompts=1, samples_per_prompt=11)
     alice = rater(db, "alice")
-    _rate_all(db, [old, new], alice)
-    assert run(storage.claim_next_batch, 2, "trainer", min_policy_version=2) is None
-    batch = run(storage.claim_next_batch, 1, "trainer", min_policy_version=2)
-    assert [x.sample_id for x in batch.samples] == [new]
-    counts = run(storage.counts)
-    assert (counts.stale, counts.ratings) == (1, 2)  # the stale sample's rating is kept
-    assert run(storage.next_sample_for_rater, rater(db, "bob")) is None  # nobody is asked to rate it
+    _rate_all(db, sids[:3], alice)
+    assert run(storage.claim_next_batch, 4, "trainer", max_size=8) is None  # fewer than the minimum
+    _rate_all(db, sids[3:], alice)
+    first = run(storage.claim_next_batch, 4, "trainer", max_size=8, multiple=2)
+    assert len(first.samples) == 8  # capped at max_size, newest first
+    second = run(storage.claim_next_batch, 2, "trainer", max_size=8, multiple=2)
+    assert len(second.samples) == 2  # 3 left: rounded down to a multiple of the minibatch
+    assert run(storage.claim_next_batch, 2, "trainer", max_size=8, multiple=2) is None
+    taken = [x.sample_id for b in (first, second) for x in b.samples]
+    assert len(set(taken)) == 10 and set(taken) <= set(sids)
+
+
+def test_a_pending_batch_outside_new_bounds_goes_back_to_the_pool(db: Database) -> None:
+    run = in_tx(db)
+    _, sids = seed(db, prompts=1, samples_per_prompt=6)
+    _rate_all(db, sids, rater(db, "alice"))
+    batch = run(storage.claim_next_batch, 2, "trainer", max_size=6)
+    assert len(batch.samples) == 6
+    run(storage.release_all_claims)
+    again = run(storage.claim_next_batch, 4, "trainer", max_size=8)  # 6 fits 4..8: trained as it is
+    assert again.batch_id == batch.batch_id
+    run(storage.release_all_claims)
+    smaller = run(storage.claim_next_batch, 2, "trainer", max_size=4)  # 6 does not fit 2..4: released
+    assert smaller.batch_id != batch.batch_id and len(smaller.samples) == 4
+    assert run(storage.get_batch, batch.batch_id).status == "released"
 
 
 def test_a_pending_batch_is_trained_whatever_its_age(db: Database) -> None:
@@ -227,7 +263,15 @@ def test_a_pending_batch_is_trained_whatever_its_age(db: Database) -> None:
 
 def test_bad_claim_arguments(db: Database) -> None:
     run = in_tx(db)
-    for kwargs in ({"size": 0}, {"size": "8"}, {"claimer": ""}, {"min_policy_version": -1}, {"max_attempts": 0}):
+    for kwargs in (
+        {"size": 0},
+        {"size": "8"},
+        {"claimer": ""},
+        {"min_policy_version": -1},
+        {"max_attempts": 0},
+        {"size": 2, "max_size": 1},
+        {"multiple": 3},
+    ):
         args = {"size": 1, "claimer": "trainer", **kwargs}
         with pytest.raises(storage.InvalidInput):
             run(storage.claim_next_batch, **args)
@@ -258,15 +302,16 @@ def test_counts_partition_the_samples(db: Database) -> None:
     sids = run(storage.add_samples, [new_sample(pid, v) for v in (0, 1, 1, 1, 1, 1, 1, 1)])
     alice = rater(db, "alice")
     vader = run(storage.get_or_create_model_rater, "vader").id
-    _rate_all(db, sids[:7], alice)
+    _rate_all(db, sids[1:7], alice)
     run(storage.record_rating, sids[0], vader, 0.1, source="vader")
-    trained = run(storage.claim_next_batch, 2, "trainer", min_policy_version=1)  # sids[0] goes stale
+    # sids[0] goes stale: scored by a model only (a sample a person rated never goes stale)
+    trained = run(storage.claim_next_batch, 2, "trainer", min_policy_version=1)
     run(storage.finish_batch, trained, StepIn(2, {}))
     failed = run(storage.claim_next_batch, 2, "trainer")
     run(storage.fail_batch, failed, "x", retry=False)
     run(storage.claim_next_batch, 1, "trainer")
     c = run(storage.counts)
-    assert (c.prompts, c.samples, c.raters, c.ratings, c.human_ratings, c.auto_ratings) == (1, 8, 2, 8, 7, 1)
+    assert (c.prompts, c.samples, c.raters, c.ratings, c.human_ratings, c.auto_ratings) == (1, 8, 2, 7, 6, 1)
     assert (c.stale, c.trained, c.failed, c.in_claimed_batches, c.scored_not_trained, c.unrated) == (
         1,
         2,

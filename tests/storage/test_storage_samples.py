@@ -10,6 +10,7 @@ from storage_helpers import in_tx, new_sample, rater, seed, snapshot
 
 import storage
 from storage import Database, NewSample
+from storage.samples import count_in_flight
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -190,3 +191,18 @@ def test_a_rater_holding_two_leases_is_shown_the_most_recent(db: Database) -> No
             row = s.get(storage.schema.Sample, sample_id)
             row.lease_rater_id, row.lease_expires_at = alice, expires
     assert run(storage.next_sample_for_rater, alice).id == s2
+
+
+def test_the_queue_serves_only_versions_from_the_minimum_and_in_flight_counts_what_the_trainer_will_take(
+    db: Database,
+) -> None:
+    run = in_tx(db)
+    (pid,), _ = seed(db, prompts=1, samples_per_prompt=0)
+    _old, held, rated, new = run(storage.add_samples, [new_sample(pid, v) for v in (1, 1, 1, 3)])
+    alice, bob = rater(db, "alice"), rater(db, "bob")
+    run(storage.record_rating, rated, alice, 0.5)
+    assert run(storage.offer_sample, alice, held) is not None
+    assert run(storage.next_sample_for_rater, bob, min_policy_version=3).id == new
+    assert run(storage.next_sample_for_rater, rater(db, "carol"), min_policy_version=3) is None  # old ones: never
+    # bob holds `new` now: in flight are the rated one, both held ones, and nothing else of version 3
+    assert run(count_in_flight, 3) == 3  # not `old`: unrated, nobody holds it, older than version 3

@@ -74,7 +74,8 @@ def test_counts_plots_and_recent_rows() -> None:
     assert history_frame([], "kl").empty
     assert steps_caption([]) == "No PPO steps yet."
     assert steps_caption(points) == (
-        "2 PPO steps · latest version v2: mean score 0.7 · kl to reference 0.02 · policy loss -0.2 · value loss 0.2"
+        "2 PPO steps · latest version v2: mean score 0.7 · kl to reference (k3, never negative) 0.02 · "
+        "policy loss -0.2 · value loss 0.2"
     )
     row = RatingRow("2026-01-02 03:04:05", "ann", "human", 0.25, 4, "p" * 300, MARKUP)
     assert recent_rows([row])[0][:5] == ["03:04:05", "ann", "human", 0.25, "v4"]
