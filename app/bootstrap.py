@@ -14,7 +14,7 @@ from app.errors import StartupError
 from app.generator import GeneratorWorker
 from app.models import ModelLoadError, choose_runtime, load_models
 from app.parts import ServiceParts
-from app.policy import PolicyPublisher, copy_state
+from app.policy import PolicyPublisher, publish_state
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
@@ -47,7 +47,7 @@ def build_service(settings: AppSettings) -> FeedbackService:
     loaded = resume.state.version if resume else 0
     window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
     trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
-    publisher = PolicyPublisher(version, copy_state(trainer_model))
+    publisher = PolicyPublisher(version, publish_state(trainer_model))
     generator = GeneratorWorker(
         db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
     )
