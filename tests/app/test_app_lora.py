@@ -16,7 +16,9 @@ from app.errors import StartupError
 from app.lora import ADAPTER_WEIGHTS
 from app.service import FeedbackService
 from app.settings import AppSettings
+from ppo_core.generation import generate_batch
 from tests.app.app_helpers import generate, rate_next
+from tests.app.conftest import PROMPTS
 
 LORA: dict[str, Any] = {
     "lora": True,
@@ -85,6 +87,11 @@ def test_a_lora_run_keeps_one_base_model_and_the_generator_gets_only_the_adapter
         expected = base(input_ids=IDS).logits
     torch.testing.assert_close(policy_logits(service.generator.reference), expected)  # version 0 is the base
     assert not torch.allclose(policy_logits(policy), expected, atol=1e-4)  # the adapter moved the policy
+    query = torch.tensor(service.generator.encode(PROMPTS[5]))
+    greedy = {"do_sample": False, "max_new_tokens": 6}
+    pad, eos = service.generator.tokenizer.pad_token_id, service.generator.tokenizer.eos_token_id
+    first = generate_batch(service.generator.reference, [query], pad, eos, greedy, return_prompt=False).sequences
+    assert torch.equal(first[0], generate_batch(base, [query], pad, eos, greedy, return_prompt=False).sequences[0])
 
 
 def test_a_lora_checkpoint_holds_the_adapter_only_and_a_restart_restores_the_same_outputs(
