@@ -85,11 +85,12 @@ def _targets(value: Any) -> Any:
 def load_adapter(policy: AutoModelForCausalLMWithValueHead, folder: Path) -> None:
     """Put a checkpoint's adapter and value head into a LoRA policy built with the same adapter config."""
     state = load_file(str(folder / ADAPTER_WEIGHTS))
-    result = set_peft_model_state_dict(policy.pretrained_model, state)
+    result: Any = set_peft_model_state_dict(policy.pretrained_model, state)  # torch's (missing, unexpected) keys
     missing = [k for k in result.missing_keys if "lora_" in k]
-    if result.unexpected_keys or missing:
+    unexpected = list(result.unexpected_keys)
+    if unexpected or missing:
         raise ValueError(
-            f"the adapter in {folder.name} does not fit the model: {len(result.unexpected_keys)} unexpected and "
+            f"the adapter in {folder.name} does not fit the model: {len(unexpected)} unexpected and "
             f"{len(missing)} missing adapter tensors"
         )
     v_state = load_file(str(folder / VALUE_HEAD_FILE))

@@ -238,7 +238,7 @@ def _unwrapped(trainer: PPOTrainer) -> Any:
 def _step_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """What a step can change of the model: the parameters that train, and the buffers. A frozen parameter (the
     base model under a LoRA adapter) is left out: a snapshot of a LoRA policy is its adapter, not the model."""
-    state = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    state: dict[str, torch.Tensor] = {name: p for name, p in model.named_parameters() if p.requires_grad}
     state.update(model.named_buffers())
     return state
 
