@@ -17,7 +17,7 @@ from app.learned.worker import LearnedRewardWorker
 from app.models import ModelLoadError, choose_runtime, load_models
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
-from app.policy import PolicyPublisher, copy_state
+from app.policy import PolicyPublisher, publish_state
 from app.rating_mode import RatingMode
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
@@ -55,7 +55,7 @@ def build_service(settings: AppSettings) -> FeedbackService:
     window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
     heartbeat = Heartbeat(db, settings, errors, "all", trainer=True)  # claims carry its owner id (app.ownership)
     trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
-    publisher = PolicyPublisher(version, copy_state(trainer_model))
+    publisher = PolicyPublisher(version, publish_state(trainer_model))
     mode = RatingMode(settings.mode)
     generator = GeneratorWorker(
         db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors, window

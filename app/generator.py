@@ -27,7 +27,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from app.errors import UserError
 from app.models import Runtime
-from app.policy import PolicyPublisher
+from app.policy import PolicyPublisher, load_published
 from app.settings import AppSettings
 from app.staleness import StalenessWindow
 from app.views import Comparison
@@ -242,7 +242,7 @@ class GeneratorWorker(Worker):
         version, state = self.publisher.latest()
         if version == self.status.version:
             return False
-        self.model.load_state_dict(state)
+        load_published(self.model, state)
         self.status = replace(self.status, version=version, loaded_at=time.monotonic())
         log.info("generator now uses version %d", version)
         return True

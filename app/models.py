@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from app.checkpoints import ResumePoint
+from app.lora import AdapterDisabled, check_checkpoint_kind, generator_copy, load_adapter, lora_config
 from app.settings import AppSettings
 from ppo_core import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, create_reference_model, set_seed
 from ppo_core.registry import resolve_model
@@ -69,7 +70,9 @@ class Models:
     tokenizer: Any
     trainer: PPOTrainer
     reference: nn.Module
-    """Version 0, frozen; read-only, shared by the trainer (KL penalty) and the generator (`compare`)."""
+    """Version 0, frozen; read-only, shared by the trainer (KL penalty) and the generator (`compare`). With
+    --lora: the generator's model with its adapter disabled, for the generator thread only (the trainer's
+    reference is its own policy with the adapter disabled)."""
     generator_model: AutoModelForCausalLMWithValueHead
     version: int
 
@@ -85,7 +88,7 @@ def ppo_config(settings: AppSettings, runtime: Runtime) -> PPOConfig:
         query_dataset=settings.dataset or "shipped prompts",
         reward_model=settings.reward,
         seed=settings.seed,
-        learning_rate=settings.learning_rate,
+        learning_rate=settings.effective_learning_rate,
         batch_size=settings.batch_size,
         mini_batch_size=settings.effective_mini_batch_size,
         ppo_epochs=settings.ppo_epochs,
@@ -98,31 +101,58 @@ def ppo_config(settings: AppSettings, runtime: Runtime) -> PPOConfig:
 
 
 def load_models(settings: AppSettings, runtime: Runtime, resume: ResumePoint | None, version: int) -> Models:
-    """Raises ModelLoadError with one line when the model cannot be loaded."""
+    """Raises ModelLoadError with one line when the model cannot be loaded (ValueError when the checkpoint to
+    resume does not fit the run: full weights into --lora or the reverse)."""
     set_seed(settings.seed)
+    if settings.ignored_lora_options:
+        log.warning("%s only apply with --lora: ignored", ", ".join(settings.ignored_lora_options))
+    if resume is not None:
+        check_checkpoint_kind(resume.folder, settings)
     try:
         folder = resolve_model(settings.model)
         tokenizer = load_tokenizer(folder)
-        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder)
+        peft_config = lora_config(settings) if settings.lora else None
+        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder, peft_config=peft_config)
     except ModelLoadError:
         raise
     except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for unloadable models
         raise ModelLoadError(f"cannot load model {settings.model!r}: {_first_line(err)}") from err
-    reference = create_reference_model(initial)  # the first version, kept for KL and compare()
-    policy = initial
-    if resume is not None:
-        policy = AutoModelForCausalLMWithValueHead.from_pretrained(str(resume.folder))
-        log.info("resuming version %d from %s", resume.state.version, resume.folder)
-    generator_model = copy.deepcopy(policy).to(runtime.device).eval()
+    policy, ref_model, reference, generator_model = (
+        _lora_models(initial, resume) if settings.lora else _full_models(initial, resume)
+    )
+    generator_model = generator_model.to(runtime.device).eval()
     generator_model.requires_grad_(False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No dataset is provided")
-        trainer = PPOTrainer(ppo_config(settings, runtime), policy, ref_model=reference, tokenizer=tokenizer)
+        trainer = PPOTrainer(ppo_config(settings, runtime), policy, ref_model=ref_model, tokenizer=tokenizer)
     if resume is not None:
         trainer.kl_ctl.value = resume.state.kl_coef  # what a folder of an older release has, besides the optimizer
         trainer.current_step = resume.state.step
         load_trainer_state(trainer, resume.folder)  # optimizer, KL, step, scheduler, score moments, RNG
     return Models(tokenizer, trainer, reference, generator_model, version)
+
+
+_Built = tuple[AutoModelForCausalLMWithValueHead, nn.Module | None, nn.Module, AutoModelForCausalLMWithValueHead]
+"""(policy, the trainer's reference model or None, the generator's version 0, the generator's model)."""
+
+
+def _full_models(initial: AutoModelForCausalLMWithValueHead, resume: ResumePoint | None) -> _Built:
+    reference = create_reference_model(initial)  # the first version, kept for KL and compare()
+    policy = initial
+    if resume is not None:
+        policy = AutoModelForCausalLMWithValueHead.from_pretrained(str(resume.folder))
+        log.info("resuming version %d from %s", resume.state.version, resume.folder)
+    return policy, reference, reference, copy.deepcopy(policy)
+
+
+def _lora_models(policy: AutoModelForCausalLMWithValueHead, resume: ResumePoint | None) -> _Built:
+    """One copy of the base: the trainer's reference is its policy with the adapter off (ppo_core), the
+    generator's copy shares the frozen base and its version 0 is that copy with the adapter off (app.lora)."""
+    if resume is not None:
+        load_adapter(policy, resume.folder)
+        log.info("resuming the LoRA adapter of version %d from %s", resume.state.version, resume.folder)
+    generator_model = generator_copy(policy)
+    return policy, None, AdapterDisabled(generator_model), generator_model
 
 
 def _first_line(err: BaseException) -> str:

@@ -11,6 +11,8 @@ from types import MappingProxyType
 import torch
 from torch import nn
 
+from app.lora import trainable_state
+
 
 @dataclass(frozen=True)
 class PublishedPolicy:
@@ -66,3 +68,25 @@ def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
                 copies[key] = tensor.detach().clone()
             out[name] = copies[key]
     return out
+
+
+def publish_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What the generator needs to become this policy: a copy of every weight, or of a LoRA policy only the
+    trained tensors (adapter and value head: the generator shares the frozen base, app.lora)."""
+    if getattr(model, "is_peft_model", False):
+        return trainable_state(model)
+    return copy_state(model)
+
+
+def load_published(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load what `publish_state` made: the whole state dict, or (a LoRA policy) its tensors by name, in place."""
+    if not getattr(model, "is_peft_model", False):
+        model.load_state_dict(state)
+        return
+    params = dict(model.named_parameters())
+    unknown = [name for name in state if name not in params]
+    if unknown:
+        raise KeyError(f"published tensors the generator's model does not have: {unknown[:3]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)

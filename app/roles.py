@@ -134,6 +134,7 @@ def import_prompts_shared(db: Database, settings: AppSettings) -> PromptSet:
 
 def build_front_end(settings: AppSettings) -> FeedbackService:
     """`rlhf-live serve`: the page's service, with a generator and a reward worker, following published versions."""
+    refuse_lora(settings, "serve")
     errors = ErrorLog()
     db = open_store(settings)
     try:
@@ -191,7 +192,14 @@ class TrainerProcess:
         self.db.close()
 
 
+def refuse_lora(settings: AppSettings, role: str) -> None:
+    """Published versions are whole weights files, and a front-end builds a full model: LoRA runs all-in-one."""
+    if settings.lora:
+        raise StartupError(f"--lora is not supported by `rlhf-live {role}` yet; run the all-in-one app (no subcommand)")
+
+
 def build_trainer_process(settings: AppSettings) -> TrainerProcess:
+    refuse_lora(settings, "train")
     errors = ErrorLog()
     db = open_store(settings)
     try:

@@ -76,7 +76,20 @@ class AppSettings:
     ppo_epochs: int = 4
     """Passes over each batch."""
     learning_rate: float = 1.41e-5
-    """Adam learning rate."""
+    """Adam learning rate (of all weights; with --lora, --lora-learning-rate applies instead)."""
+    lora: bool = False
+    """Train a LoRA adapter (and the value head) instead of every weight: the reference is the base model with
+    the adapter disabled, publishing and checkpoints carry only the adapter (docs/lora.md)."""
+    lora_rank: int = 16
+    """With --lora: the rank r of the adapter's low-rank update."""
+    lora_alpha: int = 32
+    """With --lora: the adapter's scale numerator (the update is scaled by alpha / rank)."""
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """With --lora: names of the linear layers that get an adapter (`all-linear`: every one but the LM head)."""
+    lora_dropout: float = 0.0
+    """With --lora: dropout on the adapter's input while training, in [0, 1)."""
+    lora_learning_rate: float = 2e-4
+    """With --lora: Adam learning rate of the adapter and value head (LoRA needs a higher one than full weights)."""
     init_kl_coef: float = 0.2
     """Initial KL penalty coefficient (adaptive controller)."""
     max_staleness: int = 2
@@ -142,6 +155,7 @@ class AppSettings:
         for name, hint in field_types().items():
             _check_type(name, getattr(self, name), hint, secret=name in SECRET_FIELDS)
         self._check_training()
+        self._check_lora()
         self._check_text()
         self._check_server()
         self._check_access()
@@ -206,6 +220,21 @@ class AppSettings:
             raise ValueError(f"--top-p must be in (0, 1], got {self.top_p}")
         if not (math.isfinite(self.init_kl_coef) and self.init_kl_coef >= 0):
             raise ValueError(f"--init-kl-coef must be >= 0, got {self.init_kl_coef}")
+
+    def _check_lora(self) -> None:
+        if self.lora_rank < 1:
+            raise ValueError(f"--lora-rank must be a positive integer, got {self.lora_rank!r}")
+        if self.lora_alpha < 1:
+            raise ValueError(f"--lora-alpha must be a positive integer, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not (math.isfinite(self.lora_learning_rate) and self.lora_learning_rate > 0):
+            raise ValueError(f"--lora-learning-rate must be a number > 0, got {self.lora_learning_rate!r}")
+        names = self.lora_target_modules
+        if not names or not all(name and not any(c.isspace() for c in name) for name in names):
+            raise ValueError(f"--lora-target-modules must name linear layers (e.g. q_proj,v_proj), got {names!r}")
+        if "all-linear" in names and len(names) > 1:
+            raise ValueError("--lora-target-modules: all-linear stands alone")
 
     def _check_text(self) -> None:
         for name in ("model", "query_column", "reward", "dataset", "db"):
@@ -286,6 +315,19 @@ class AppSettings:
         return self.max_batch_size if self.max_batch_size is not None else 2 * self.batch_size
 
     @property
+    def effective_learning_rate(self) -> float:
+        """The learning rate of what trains: the adapter's with --lora, else every weight's."""
+        return self.lora_learning_rate if self.lora else self.learning_rate
+
+    @property
+    def ignored_lora_options(self) -> list[str]:
+        """--lora-* options set to other than their defaults in a run without --lora (start-up warns of them)."""
+        if self.lora:
+            return []
+        defaults = AppSettings.__dataclass_fields__
+        return [option(n) for n in LORA_FIELDS if getattr(self, n) != defaults[n].default]
+
+    @property
     def effective_mini_batch_size(self) -> int:
         return self.mini_batch_size or self.batch_size
 
@@ -310,6 +352,9 @@ class AppSettings:
     def human_only(self) -> bool:
         return self.reward == "human"
 
+
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_target_modules", "lora_dropout", "lora_learning_rate")
+"""Options that only mean something with --lora."""
 
 SECRET_FIELDS = frozenset(f.name for f in AppSettings.__dataclass_fields__.values() if not f.repr)
 """Fields whose values are never printed (repr, --help, error messages)."""

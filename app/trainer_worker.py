@@ -39,7 +39,7 @@ import torch
 from app.checkpoints import TrainerState, prune_checkpoints, record, remove_folder, save_checkpoint
 from app.errors import public_text
 from app.models import Runtime
-from app.policy import PolicyPublisher, copy_state
+from app.policy import PolicyPublisher, publish_state
 from app.recovery import recover_training
 from app.settings import AppSettings
 from app.staleness import StalenessWindow
@@ -268,7 +268,7 @@ class TrainerWorker(Worker):
 
     def _after_success(self, batch: ClaimedBatch, record: StepIn, step_s: float, checkpointed: bool) -> None:
         published = time.perf_counter()
-        self.publisher.publish(record.policy_version, copy_state(self.model))
+        self.publisher.publish(record.policy_version, publish_state(self.model))
         publish_s = time.perf_counter() - published
         self.faults.succeeded(batch.batch_id)
         self._retry_at = 0.0

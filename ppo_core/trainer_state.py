@@ -1,7 +1,8 @@
 """The whole state of a `PPOTrainer`, captured before a step and restored bit for bit when the step must be undone.
 
-What a step changes, and so what a snapshot holds: the policy and value-head weights and buffers, the optimizer's
-state (Adam's moments and step counts, and the param groups' learning rates), the KL controller's coefficient,
+What a step changes, and so what a snapshot holds: the policy's trainable weights (all of them, or only a LoRA
+adapter) with the value head and the buffers, the optimizer's state (Adam's moments and step counts, and the param
+groups' learning rates), the KL controller's coefficient,
 `current_step`, the learning-rate scheduler, the running score moments (`use_score_scaling`) and the random
 number generators (minibatch shuffling and dropout draw from torch's global RNG), so that a retried step is the same
 step. `optimize.Snapshot` only guards a NaN inside the optimisation; this one lets a caller undo a step that
@@ -72,7 +73,7 @@ class TrainerSnapshot:
             self._capture_cpu(model_tensors)
         else:
             opt = self.trainer.optimizer
-            self._held = _to_host({"model": _unwrapped(self.trainer).state_dict(), "optimizer": opt.state_dict()})
+            self._held = _to_host({"model": _step_state(_unwrapped(self.trainer)), "optimizer": opt.state_dict()})
         self.scalars = capture_scalars(self.trainer)
         return self
 
@@ -81,7 +82,7 @@ class TrainerSnapshot:
         if self.scalars is None:
             raise ValueError("nothing captured")
         if self._held is not None:
-            current = _unwrapped(self.trainer).state_dict()
+            current = _step_state(_unwrapped(self.trainer))
             with torch.no_grad():
                 for name, value in self._held["model"].items():
                     current[name].copy_(value)
@@ -234,11 +235,19 @@ def _unwrapped(trainer: PPOTrainer) -> Any:
     return trainer.accelerator.unwrap_model(trainer.model)
 
 
+def _step_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a step can change of the model: the parameters that train, and the buffers. A frozen parameter (the
+    base model under a LoRA adapter) is left out: a snapshot of a LoRA policy is its adapter, not the model."""
+    state: dict[str, torch.Tensor] = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    state.update(model.named_buffers())
+    return state
+
+
 def _unique_tensors(model: torch.nn.Module) -> list[torch.Tensor]:
-    """Every parameter and buffer once (tied weights are one tensor), in a fixed order."""
+    """Every tensor of `_step_state` once (tied weights are one tensor), in a fixed order."""
     seen: set[tuple[object, ...]] = set()
     out = []
-    for tensor in model.state_dict().values():
+    for tensor in _step_state(model).values():
         key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
         if tensor.numel() and key not in seen:
             seen.add(key)

@@ -11,6 +11,7 @@ from peft import LoraConfig
 from ppo_core import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 from ppo_core.rollout import pad_batch
 from ppo_core.tiny import tiny_causal_lm
+from ppo_core.trainer_state import TrainerSnapshot
 from tests.ppo_core.factory import make_batch
 
 LORA = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
@@ -106,3 +107,27 @@ def test_lora_with_gradient_checkpointing_gives_the_adapter_the_same_gradients(t
     assert lora and set(grads[1]) == set(grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_lora_snapshot_holds_the_adapter_only_and_restores_it_exactly(tokenizer):
+    """The trainer thread's crash-safety snapshot (ppo_core.trainer_state) of a LoRA policy: adapter, value head
+    and their Adam state, restored bit for bit; the frozen base is neither copied nor touched."""
+    trainer, _ = _lora_trainer(tokenizer)
+    trainer.step(*make_batch())  # Adam has moments now
+    model = trainer.model
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    with TrainerSnapshot(trainer) as snapshot:
+        snapshot.capture()
+        spilled = snapshot._spill.tell()
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        moments = [{k: v.clone() for k, v in s.items()} for s in trainer.optimizer.state.values()]
+        trainer.step(*make_batch())
+        assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+        snapshot.restore()
+    frozen_bytes = sum(p.numel() * p.element_size() for p in frozen.values())
+    trained_bytes = sum(p.numel() * p.element_size() for p in before.values())
+    assert 3 * trained_bytes <= spilled < frozen_bytes  # weights + 2 Adam moments of the adapter, no base
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, before[name] if param.requires_grad else frozen[name], rtol=0, atol=0)
+    for saved, state in zip(moments, trainer.optimizer.state.values()):
+        assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
