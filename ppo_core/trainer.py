@@ -21,6 +21,7 @@ from ppo_core.config import PPOConfig
 from ppo_core.data import Collator, make_dataloader
 from ppo_core.device_cache import release_for
 from ppo_core.generation import generate_responses
+from ppo_core.host_memory import pin_mmap_threshold
 from ppo_core.kl import AdaptiveKLController, FixedKLController, token_kl
 from ppo_core.masked import logprobs_from_logits
 from ppo_core.modes import eval_mode, optimisation_mode
@@ -120,6 +121,8 @@ class PPOTrainer:
         self.collectives: Collectives = collectives_for(self.accelerator)
         self.current_step = 0
         self.release_device_cache = release_for(config.optimize_device_cache)
+        if self.current_device.type == "cpu":
+            pin_mmap_threshold(config.host_mmap_threshold)
         self.tracker = self._make_tracker()
 
     # --------------------------------------------------------------------------------------------- set-up
