@@ -95,7 +95,7 @@ def write_manifest(folder: Path) -> None:
         out.flush()
         os.fsync(out.fileno())
     for sub in sorted({p.parent for p in folder.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(sub)
+        fsync_dir(sub)
 
 
 def _fsync_and_hash(path: Path) -> tuple[int, str]:
@@ -109,7 +109,8 @@ def _fsync_and_hash(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (POSIX: fsync the directory itself)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -124,7 +125,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         old = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
         final.rename(old)
     tmp.rename(final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from app.checkpoints import fsync_dir
 from app.policy import PolicyPublisher
 from app.worker import ErrorLog, Worker
 from storage.engine import Database
@@ -45,7 +46,7 @@ def write_version(folder: Path, version: int, state: Mapping[str, torch.Tensor])
         save_file(tensors, str(tmp), metadata={"version": str(version)})
         digest = _fsync_and_hash(tmp)
         tmp.rename(final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         tmp.unlink(missing_ok=True)
     return final, digest
@@ -66,14 +67,6 @@ def _fsync_and_hash(path: Path) -> str:
             digest.update(chunk)
         os.fsync(f.fileno())
     return digest.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SharedPublisher(PolicyPublisher):
