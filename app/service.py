@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from app.access import Caller
+from app.dashboard import DashboardBuilder
 from app.errors import AccessDenied, UserError
 from app.pairwise import PairDesk
 from app.parts import ServiceParts
@@ -35,15 +36,14 @@ from app.views import (
     VersionScore,
 )
 from storage.batches import list_batches, requeue_failed_batch
-from storage.dashboard import counts, trained_share, version_scores
+from storage.dashboard import version_scores
 from storage.errors import AlreadyRated, BatchStateError, RatingLocked
 from storage.export import export_jsonl, export_parquet, pairwise_dataset
 from storage.history import training_history
 from storage.pair_export import export_comparisons
-from storage.quarantine import count_quarantined
 from storage.raters import get_or_create_rater, set_rater_role
 from storage.ratings import last_rating_undoable, rater_progress, recent_ratings, record_rating, undo_last_rating
-from storage.samples import count_unrated_unleased, next_sample_for_rater, offer_sample, skip_sample
+from storage.samples import next_sample_for_rater, offer_sample, skip_sample
 from storage.schema import BATCH_FAILED
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class FeedbackService:
         self.learned = parts.learned
         self._workers = (self.generator, self.trainer, self.reward_worker, *([self.learned] if self.learned else []))
         self._extra_workers = parts.extra_workers
+        self._dashboard = DashboardBuilder(self)
         self._history: list[HistoryPoint] = []
         self._history_last_id = 0
         self._history_lock = threading.Lock()
@@ -236,84 +237,7 @@ class FeedbackService:
 
     # ------------------------------------------------------------------------------------------------- watch
     def dashboard(self) -> Dashboard:
-        reward = self.rewards.current()
-        version = self.publisher.version
-        with self.db.read_session_factory.begin() as s:
-            c = counts(s, use_auto_scores=reward.auto or self.mode.pairwise)
-            share = trained_share(s)
-            # counted here, not the generator's figure, which is only refreshed between its batches
-            ready = count_unrated_unleased(s, min_policy_version=self.window.floor(version))
-            quarantined = count_quarantined(s, reward.source) if reward.auto else 0
-        numbers = {
-            "prompts": c.prompts,
-            "samples": c.samples,
-            "unrated": c.unrated,
-            "scored": c.scored_not_trained,
-            "claimed": c.in_claimed_batches,
-            "trained": c.trained,
-            "failed": c.failed,
-            "stale": c.stale,
-            "ratings": c.ratings,
-            "human_ratings": c.human_ratings,
-            "human_ratings_all": share.total,
-            "human_ratings_trained": share.trained,
-            "auto_ratings": c.auto_ratings,
-            "raters": c.raters,
-            "quarantined": quarantined,
-        }
-        last = self.errors.last()
-        return Dashboard(
-            version=version,
-            training=self._training_state(c.scored_not_trained, c.in_claimed_batches),
-            reward_source=reward.spec,
-            counts=numbers,
-            buffer_ready=ready,
-            buffer_target=self.generator.status.target,
-            last_step_s=self.trainer.status.last_step_s,
-            last_error=str(last) if last is not None else None,
-            reward_note=self._reward_note(),
-            learned=self.learned.status if self.learned is not None else None,
-        )
-
-    def _reward_note(self) -> str | None:
-        notes = []
-        if (wanted := self.rewards.requested) is not None:
-            notes.append(f"switching to {wanted}")
-        if (failed := self.rewards.switch_error) is not None:
-            notes.append(failed)
-        if (stopped := self.reward_worker.status.stopped) is not None:
-            notes.append(stopped)
-        if (waiting := self._learned_waiting()) is not None:
-            notes.append(waiting)
-        return "; ".join(notes) or None
-
-    def _learned_waiting(self) -> str | None:
-        """Why the learned reward scores nothing yet, when it is the reward source."""
-        if not self.rewards.current().learned or self.learned is None or self.learned.status.version is not None:
-            return None
-        st = self.learned.status
-        return (
-            f"the learned reward model scores nothing until {st.needed} samples have human ratings "
-            f"({st.have} so far); until then only human scores train"
-        )
-
-    def _training_state(self, scored: int, in_batches: int) -> str:
-        t = self.trainer.status
-        if self.trainer.fatal is not None:
-            return f"error: the trainer stopped: {self.trainer.fatal.public}"
-        if t.state in ("starting", "stopped"):
-            return t.state
-        if self.trainer.paused.is_set():
-            reason = t.paused_reason
-            return "paused" if reason is None else f"paused: {reason}; an admin can resume it"
-        if t.state == "training":
-            return "running"
-        if t.last_error is not None:
-            return f"error: {t.last_error} (the batch goes back to training and is retried)"
-        missing = self.settings.batch_size - scored
-        if missing > 0 and in_batches == 0:
-            return f"waiting for {missing} more rating{'s' if missing != 1 else ''}"
-        return "running"
+        return self._dashboard.build()
 
     def history(self) -> list[HistoryPoint]:
         """One point per PPO step, oldest first (new steps are read incrementally)."""
