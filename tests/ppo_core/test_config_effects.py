@@ -51,7 +51,7 @@ def test_a_cpu_trainer_pins_the_host_mmap_threshold(tokenizer, monkeypatch):
     make_trainer(tokenizer)
     make_trainer(tokenizer, host_mmap_threshold=None)
     make_trainer(tokenizer, host_mmap_threshold=4096)
-    assert pinned == [1024 * 1024, None, 4096]
+    assert pinned == [8 * 1024 * 1024, None, 4096]
 
 
 def test_host_mmap_threshold_is_checked_and_set_through_glibc(monkeypatch):
