@@ -56,10 +56,12 @@ class RateTab:
         polls = [] if self.undo_poll is None else [self.undo_poll]
         return [*shown, self.undo, self.poll, self.slider, *self.controls, *polls]
 
-    def show(self, r: NextResult, middle: float) -> tuple[Any, ...]:
+    def show(self, r: NextResult, middle: float, shown_id: int | None = None) -> tuple[Any, ...]:
         """Every new response starts with the slider in the middle (Enter never resends the last score) and
-        the score buttons disabled while there is nothing to rate."""
+        the score buttons disabled while there is nothing to rate. The response already on screen (`shown_id`:
+        a poll that was in flight when it appeared shows it again) keeps the score the rater is setting."""
         a = r.assignment
+        same = a is not None and a.sample_id == shown_id
         label = response_label(None, None) if a is None else response_label(a.policy_version, a.cut_at)
         return (
             None if a is None else a.sample_id,
@@ -70,7 +72,7 @@ class RateTab:
             progress_text(r.progress),
             gr.Button(interactive=r.progress.can_undo),
             gr.Timer(active=a is None),
-            middle,
+            gr.skip() if same else middle,
             *(gr.Button(interactive=a is not None) for _ in self.controls),
             *([] if self.undo_poll is None else [gr.Timer(active=True)]),  # signed in: keep Undo's state current
         )
@@ -152,10 +154,13 @@ def _wire(
         return show(service.undo(rater_of(r, request)))
 
     @shown(n)
-    def on_next(r: RaterView | None, request: gr.Request) -> tuple[Any, ...]:
+    def on_next(r: RaterView | None, request: gr.Request, sample_id: int | None = None) -> tuple[Any, ...]:
         if r is None:
             return tuple(gr.skip() for _ in range(n))
-        return show(service.next_for(rater_of(r, request)))
+        return show(service.next_for(rater_of(r, request)), shown_id=sample_id)
+
+    def on_poll(r: RaterView | None, sample_id: int | None, request: gr.Request) -> tuple[Any, ...]:
+        return on_next(r, request, sample_id)
 
     state = [rater, tab.sample]
     submit.click(on_rate, [*state, slider], tab.outputs, api_name="rate", **RATE_EVENTS)
@@ -163,7 +168,7 @@ def _wire(
         button.click(quick_rate(score), state, tab.outputs, api_visibility="private", **RATE_EVENTS)
     skip.click(on_skip, state, tab.outputs, api_name="skip", **RATE_EVENTS)
     tab.undo.click(on_undo, [rater], tab.outputs, api_name="undo", **RATE_EVENTS)
-    tab.poll.tick(on_next, [rater], tab.outputs, api_name="next", **RATE_EVENTS)
+    tab.poll.tick(on_poll, state, tab.outputs, api_name="next", **RATE_EVENTS)
 
     def on_undo_state(r: RaterView | None, request: gr.Request) -> Any:
         if r is None:

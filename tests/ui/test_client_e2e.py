@@ -38,7 +38,8 @@ def downloaded(out: dict[str, Any]) -> Path:
 def shown(out: tuple[Any, ...]) -> dict[str, str]:
     """The /next, /rate, /skip, /undo outputs by meaning."""
     prompt, response, version, status, progress, _timer, slider, _undo_timer = out
-    assert slider == 0.0, "every response starts with the slider in the middle"
+    # a new response starts with the slider in the middle; /next showing the same response again leaves it alone
+    assert slider in (0.0, {"__type__": "update"}), "every response starts with the slider in the middle"
     return {"prompt": prompt, "response": response["value"], "version": version, "status": status, "progress": progress}
 
 
