@@ -31,7 +31,10 @@ def test_a_restart_resumes_version_weights_and_requeues_a_claimed_batch(
     wait_until(lambda: first.publisher.version == 1, what="version 1")
     trained = weights(first)
     kl_coef = first.trainer.trainer.kl_ctl.value
-    wait_until(lambda: first.generator.status.state in ("idle", "held"), what="the generator to settle")
+    wait_until(
+        lambda: first.generator.status.state in ("idle", "held") and len(open_samples(first, unleased=True)) >= 2,
+        what="the generator to settle with two samples nobody holds",
+    )
     first.stop()  # saves the shutdown checkpoint
     folder = first.settings.checkpoint_dir / "v1"
     assert (folder / STATE_FILE).is_file() and (folder / "optimizer.safetensors").is_file()
