@@ -9,6 +9,7 @@ why: never read with a schema it was not written with.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -18,11 +19,21 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 
 from storage.errors import SchemaVersionError
-from storage.schema import SCHEMA_VERSION, Base
+from storage.schema import POSTGRESQL_ONLY_INDEXES, SCHEMA_VERSION, Base
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def include_object_for(dialect: str) -> Callable[..., bool]:
+    """Alembic's `include_object` for a database of this dialect: leaves out the schema's PostgreSQL-only indexes
+    elsewhere, so comparing a SQLite database with the schema does not ask for them."""
+
+    def include(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+        return not (type_ == "index" and dialect != "postgresql" and name in POSTGRESQL_ONLY_INDEXES)
+
+    return include
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

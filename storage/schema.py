@@ -25,6 +25,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     false,
 )
 from sqlalchemy import text as sql_text
@@ -32,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # The Alembic revision this code's tables correspond to (storage/migrations/versions/).
-SCHEMA_VERSION: Final = "0005"
+SCHEMA_VERSION: Final = "0006"
 
 HUMAN_SOURCE: Final = "human"
 ROLES: Final = ("rater", "admin", "model")
@@ -168,6 +169,24 @@ Index(
 )
 # Claim: open samples, newest policy first; its prefix also serves `WHERE batch_id = :id`.
 Index("ix_samples_claim", Sample.batch_id, Sample.stale, Sample.policy_version.desc(), Sample.id.desc())
+# PostgreSQL only: its planner does not count `batch_id IS NULL` as fixing that column for the ORDER BY, so it could
+# not walk the two indexes above in order and sorted the whole open pool on every rater request and claim
+# (bench/storage.py --plan). These cover open samples only, in queue and claim order. SQLite walks the ones above.
+OPEN_SAMPLES = and_(Sample.batch_id.is_(None), Sample.stale == false())
+POSTGRESQL_ONLY_INDEXES: Final = frozenset({"ix_samples_open_queue", "ix_samples_open_claim"})
+Index(
+    "ix_samples_open_queue",
+    Sample.policy_version.desc(),
+    Sample.human_n,
+    Sample.id.desc(),
+    postgresql_where=OPEN_SAMPLES,
+).ddl_if(dialect="postgresql")
+Index(
+    "ix_samples_open_claim",
+    Sample.policy_version.desc(),
+    Sample.id.desc(),
+    postgresql_where=OPEN_SAMPLES,
+).ddl_if(dialect="postgresql")
 
 
 class Rating(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
+from storage.migrate import include_object_for
 from storage.schema import Base
 
 config = context.config
@@ -23,7 +24,12 @@ def run_migrations() -> None:
 
 def _run(connection: Connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things, so Alembic rebuilds the table (copy, drop, rename).
-    context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        render_as_batch=True,
+        include_object=include_object_for(connection.dialect.name),
+    )
     with context.begin_transaction():
         context.run_migrations()
 

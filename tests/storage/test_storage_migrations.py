@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from storage_helpers import in_tx
 
 import storage
-from storage.migrate import alembic_config, current_revision
+from storage.migrate import alembic_config, current_revision, include_object_for
 from storage.schema import Base
 
 OLD_ROWS = [
@@ -62,7 +62,9 @@ def test_migrations_build_exactly_the_orm_schema(new_db_url: Callable[[], str]) 
     with migrated.begin() as conn:
         command.upgrade(alembic_config(conn), "head")
     with migrated.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        opts = {"compare_type": True, "compare_server_default": True}
+        opts["include_object"] = include_object_for(conn.dialect.name)
+        context = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(context, Base.metadata) == []
         migrated_indexes = _index_sql(conn)
     migrated.dispose()
