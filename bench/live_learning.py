@@ -33,7 +33,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.held_out import HELD_OUT
 from bench.app_process import (
     PYTHON,
     AppProcess,
@@ -44,6 +43,7 @@ from bench.app_process import (
     read_db,
     signed_in_client,
 )
+from bench.held_out import HELD_OUT
 
 LOG = logging.getLogger("bench.live_learning")
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/lora.py                              # cost + learning, 3 seeds x 180 s per side
     .venv/bin/python bench/lora.py --seeds 2 --budget-s 240     # another learning budget
+    .venv/bin/python bench/lora.py --skip-cost --concurrent --budget-s 480   # learning, both sides at once
     .venv/bin/python bench/lora.py --skip-learn                 # cost only (~5 min on 2 cores)
     .venv/bin/python bench/lora.py --model tiny --budget-s 10   # a smoke run of the script
 
@@ -50,6 +51,7 @@ from app.generator import PromptEncoder, sampling_kwargs
 from app.models import Models, choose_runtime, load_models
 from app.policy import load_published, publish_state
 from app.settings import AppSettings
+from bench.held_out import HELD_OUT
 from ppo_core.generation import generate_batch
 from ppo_core.prompts import load_prompts
 from ppo_core.rewards import make_reward
@@ -98,12 +100,16 @@ def build(args: argparse.Namespace, mode: str, seed: int, data_dir: Path) -> tup
     return settings, load_models(settings, choose_runtime(settings), None, 0)
 
 
-def sample(models: Models, settings: AppSettings, prompts: list[str], encode: PromptEncoder) -> Any:
+def sample(
+    models: Models, settings: AppSettings, prompts: list[str], encode: PromptEncoder, greedy: bool = False
+) -> Any:
     queries = [torch.tensor(encode(p), dtype=torch.long) for p in prompts]
     policy = models.trainer.accelerator.unwrap_model(models.trainer.model)
     was_training = policy.training
     policy.eval()
     kwargs = sampling_kwargs(settings)
+    if greedy:
+        kwargs = {"do_sample": False, "max_new_tokens": kwargs["max_new_tokens"]}
     out = generate_batch(policy, queries, models.tokenizer.pad_token_id, models.tokenizer.eos_token_id, kwargs)
     policy.train(was_training)
     responses = [r if len(r) else torch.tensor([models.tokenizer.eos_token_id]) for r in out.sequences]
@@ -113,7 +119,7 @@ def sample(models: Models, settings: AppSettings, prompts: list[str], encode: Pr
 
 def split_prompts() -> tuple[list[str], list[str]]:
     texts = list(load_prompts(None)["query"])
-    held_out = texts[3::4]
+    held_out = texts[3::4] + list(HELD_OUT)  # a quarter of the shipped prompts, and 12 in no dataset
     return [t for i, t in enumerate(texts) if i % 4 != 3], held_out
 
 
@@ -181,14 +187,19 @@ def _unique(tensors: Any) -> list[torch.Tensor]:
     return list({t.data_ptr(): t for t in tensors}.values())
 
 
-def held_out_score(models: Models, settings: AppSettings, prompts: list[str], encode: PromptEncoder) -> float:
+def held_out_score(
+    models: Models, settings: AppSettings, prompts: list[str], encode: PromptEncoder, samples: int
+) -> dict[str, float]:
+    """Mean VADER of one greedy and `samples` sampled answers to each held-out prompt (fixed sampling seed)."""
+    vader = make_reward("vader")
     state = torch.get_rng_state()
+    _, _, greedy = sample(models, settings, prompts, encode, greedy=True)
     torch.manual_seed(EVAL_SEED)
-    doubled = [p for p in prompts for _ in range(2)]
-    _, _, texts = sample(models, settings, doubled, encode)
+    repeated = [p for p in prompts for _ in range(samples)]
+    _, _, sampled = sample(models, settings, repeated, encode)
     torch.set_rng_state(state)
-    scores = make_reward("vader")(doubled, texts)
-    return float(sum(scores) / len(scores))
+    g, r = vader(prompts, greedy), vader(repeated, sampled)
+    return {"greedy": statistics.fmean(g), "sampled": statistics.fmean(r), "all": statistics.fmean(g + r)}
 
 
 def learn(args: argparse.Namespace, mode: str, seed: int, data_dir: Path) -> dict[str, Any]:
@@ -197,7 +208,7 @@ def learn(args: argparse.Namespace, mode: str, seed: int, data_dir: Path) -> dic
     train, held_out = split_prompts()
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed)).tolist()
     vader = make_reward("vader")
-    before = held_out_score(models, settings, held_out, encode)
+    before = held_out_score(models, settings, held_out, encode, args.samples)
     start, steps, rewards = time.perf_counter(), 0, []
     while time.perf_counter() - start < args.budget_s:
         picks = [train[order[(steps * args.batch + k) % len(order)]] for k in range(args.batch)]
@@ -210,7 +221,7 @@ def learn(args: argparse.Namespace, mode: str, seed: int, data_dir: Path) -> dic
             "%s seed %d step %d: reward %+.3f at %.0f s", mode, seed, steps, rewards[-1], time.perf_counter() - start
         )
     train_s = time.perf_counter() - start
-    after = held_out_score(models, settings, held_out, encode)
+    after = held_out_score(models, settings, held_out, encode, args.samples)
     return {
         "mode": mode,
         "seed": seed,
@@ -219,7 +230,8 @@ def learn(args: argparse.Namespace, mode: str, seed: int, data_dir: Path) -> dic
         "steps": steps,
         "held_out_before": before,
         "held_out_after": after,
-        "gain_per_min": (after - before) / (train_s / 60),
+        "gain": after["all"] - before["all"],
+        "gain_per_min": (after["all"] - before["all"]) / (train_s / 60),
         "train_rewards": rewards,
     }
 
@@ -235,13 +247,18 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ the driver
-def run(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+def start(args: argparse.Namespace, *extra: str) -> tuple[subprocess.Popen[str], tuple[str, ...]]:
     cmd = [sys.executable, __file__, *extra, f"--model={args.model}", f"--batch={args.batch}"]
     cmd += [f"--max-new-tokens={args.max_new_tokens}", f"--threads={args.threads}", f"--repeats={args.repeats}"]
-    cmd += [f"--budget-s={args.budget_s}"]
+    cmd += [f"--budget-s={args.budget_s}", f"--samples={args.samples}"]
     LOG.info("run %s", " ".join(extra))
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True), extra
+
+
+def finish(started: tuple[subprocess.Popen[str], tuple[str, ...]]) -> dict[str, Any]:
+    proc, extra = started
+    out, _ = proc.communicate()
+    lines = [line for line in out.splitlines() if line.startswith(RESULT)]
     if proc.returncode or not lines:
         raise RuntimeError(f"worker {' '.join(extra)} failed (rc={proc.returncode})")
     result = dict(json.loads(lines[-1][len(RESULT) :]))
@@ -250,6 +267,18 @@ def run(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     (OUT_DIR / f"lora-{STAMP}-{name}.json").write_text(json.dumps(result, indent=1))
     LOG.info("%s: %s", name, json.dumps({k: v for k, v in result.items() if not isinstance(v, list | dict)}))
     return result
+
+
+def run(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    return finish(start(args, *extra))
+
+
+def learn_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
+    """Both sides of one seed: at the same time (one thread each), or one after the other."""
+    extras = [("--worker=learn", f"--mode={mode}", f"--seed={seed}") for mode in ("full", "lora")]
+    if args.concurrent:
+        return [finish(p) for p in [start(args, *e) for e in extras]]
+    return [run(args, *e) for e in extras]
 
 
 def summarise(costs: list[dict[str, Any]], learning: list[dict[str, Any]]) -> dict[str, Any]:
@@ -280,7 +309,7 @@ def table(costs: list[dict[str, Any]], learning: list[dict[str, Any]]) -> str:
     for r in learning:
         lines.append(
             f"{r['mode']} seed {r['seed']}: {r['steps']} steps in {r['train_s']:.0f} s, held-out "
-            f"{r['held_out_before']:+.3f} -> {r['held_out_after']:+.3f} ({r['gain_per_min']:+.4f}/min)"
+            f"{r['held_out_before']['all']:+.3f} -> {r['held_out_after']['all']:+.3f} ({r['gain_per_min']:+.4f}/min)"
         )
     return "\n".join(lines)
 
@@ -294,6 +323,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="timed steps of the cost run (after one warm-up)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=180.0, help="training wall-clock seconds per side and seed")
+    p.add_argument("--samples", type=int, default=8, help="sampled held-out answers per prompt (plus one greedy)")
+    p.add_argument("--concurrent", action="store_true", help="run both sides of a seed at once, --threads each")
     p.add_argument("--skip-learn", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--worker", choices=("cost", "learn"), help=argparse.SUPPRESS)
@@ -311,9 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     costs = [] if args.skip_cost else [run(args, "--worker=cost", f"--mode={m}") for m in ("full", "lora")]
     learning = []
     if not args.skip_learn:
-        for seed in range(args.seeds):  # the sides alternate, so a busier minute of the machine hits both
-            for mode in ("full", "lora"):
-                learning.append(run(args, "--worker=learn", f"--mode={mode}", f"--seed={seed}"))
+        for seed in range(args.seeds):  # the sides alternate (or run together), so a busy minute hits both
+            learning += learn_seed(args, seed)
     LOG.info(
         "LoRA vs full fine-tuning (%s, batch %d, %d new tokens)\n%s",
         args.model,

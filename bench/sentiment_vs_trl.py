@@ -165,7 +165,9 @@ def plot(png: Path, results: list[dict[str, Any]]) -> None:
         xs = [i + (k - 0.5) * 0.38 for i in range(len(mine))]
         right.bar(xs, [r["after"]["all"] - r["before"]["all"] for r in mine], 0.36, color=colours[side], label=side)
     right.axhline(0, color="black", linewidth=0.6)
-    right.set_xticks(range(len({r["seed"] for r in results})), [f"seed {s}" for s in sorted({r["seed"] for r in results})])
+    right.set_xticks(
+        range(len({r["seed"] for r in results})), [f"seed {s}" for s in sorted({r["seed"] for r in results})]
+    )
     right.set_ylabel("held-out gain (VADER)")
     right.legend(fontsize=8)
     fig.suptitle("TRL docs' sentiment loop, SmolLM2-135M, batch 8 / minibatch 4, same wall-clock budget")

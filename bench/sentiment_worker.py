@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_worker import smollm2_gguf_base, smollm2_ours_base  # noqa: E402  (bench/, importable in both envs)
+from step_worker import smollm2_gguf_base, smollm2_ours_base
 
 LOG = logging.getLogger("bench.sentiment_worker")
 RESULT = "RESULT "
