@@ -1,9 +1,13 @@
-"""`rlhf-live train` as two data-parallel processes (torchrun, gloo on the CPU, tiny model, SQLite).
+"""`rlhf-live train` as several data-parallel processes (app.distributed_trainer).
 
-The database is filled with rated samples first; the two ranks train them, then torchrun gets a SIGTERM (what
-Ctrl-C or systemd sends). Checked afterwards: every batch trained exactly once, as whole shards (a multiple of
-2 ranks x minibatch), one recorded step and one announced, readable version per batch, nothing left claimed, the
-shutdown checkpoint saved, and both ranks ending with the weights of the newest published version.
+The slow test runs two real processes (torchrun, gloo on the CPU, tiny model, SQLite): the database is filled
+with rated samples first; the two ranks train them, then torchrun gets a SIGTERM (what Ctrl-C or systemd sends).
+Checked afterwards: every batch trained exactly once, as whole shards (a multiple of 2 ranks x minibatch), one
+recorded step and one announced, readable version per batch, nothing left claimed, the shutdown checkpoint saved,
+and both ranks ending with the weights of the newest published version.
+
+The others drive each side of the protocol in one process: rank 0's trainer thread against a scripted second rank
+(a failure there undoes the step everywhere and hands the batch back), and a follower's answers to rank 0.
 """
 
 from __future__ import annotations
@@ -14,13 +18,30 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from app.rank_channel import weights_digest
+from app.distributed_trainer import (
+    DistributedTrainerWorker,
+    Follower,
+    Launch,
+    RanksDiverged,
+    build_rank_zero,
+    check_batch_sizes,
+    launch_from_env,
+)
+from app.errors import StartupError
+from app.models import choose_runtime, load_models
+from app.rank_channel import Control, RankChannel, Report, Shard, weights_digest
+from app.settings import AppSettings
 from app.shared_weights import read_version
+from ppo_core import PPOTrainer
+from ppo_core.trainer_state import TrainerSnapshot
 from storage.batches import list_batches
 from storage.engine import Database, open_database
 from storage.history import list_checkpoints, training_history
@@ -153,3 +174,133 @@ def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(tin
     assert stop.group(1) == rank1[-1] == weights_digest(state)
     assert start.group(1) == rank1[0] != stop.group(1)  # the steps really moved the weights
     assert "rank 1 stopped" in text
+
+
+# ------------------------------------------------------------------------------------------- one process
+class ScriptedRank(RankChannel):
+    """Rank 0's channel to a second rank that lives only in this test: it records what rank 1 would receive and
+    answers with a report: its weights' digest when asked, a failed step when told to fail."""
+
+    def __init__(self) -> None:
+        super().__init__(0, 2)
+        self.received: list[Control] = []
+        self.digest: Callable[[], str] = lambda: ""
+        self.fail_steps = 0
+        self.asks_to_stop = False
+
+    def _scatter(self, controls: list[Control] | None) -> Control:
+        assert controls is not None and len(controls) == 2
+        self.received.append(controls[1])
+        return controls[0]
+
+    def _gather(self, report: Report) -> list[Report]:
+        kind = self.received[-1].kind
+        other = Report(stop=self.asks_to_stop, digest=self.digest() if kind in ("hello", "stop") else None)
+        if kind == "step" and self.fail_steps:
+            self.fail_steps -= 1
+            other = replace(other, ok=False, error="OutOfMemoryError: CUDA out of memory")
+        return [report, other]
+
+    def kinds(self) -> list[str]:
+        return [c.kind for c in self.received]
+
+
+def rank_zero(settings: AppSettings) -> tuple[DistributedTrainerWorker, ScriptedRank]:
+    channel = ScriptedRank()
+    process = build_rank_zero(settings, channel)
+    worker = process.trainer
+    assert isinstance(worker, DistributedTrainerWorker)
+    channel.digest = lambda: weights_digest(worker.model.state_dict())  # a rank in step with rank 0
+    process.heartbeat.register()
+    return worker, channel
+
+
+def batch_states(db: Database) -> list[tuple[str, int]]:
+    with db.read_session_factory.begin() as s:
+        return sorted((b.status, b.size) for b in list_batches(s))
+
+
+def test_a_step_that_fails_on_another_rank_is_undone_everywhere_and_its_batch_retried(make_settings):
+    settings = make_settings(batch_size=4, max_batch_size=8, mini_batch_size=2, retry_backoff_s=0.01)
+    worker, rank1 = rank_zero(settings)
+    try:
+        fill(worker.db, 8)
+        worker.setup()
+        assert rank1.kinds() == ["hello"]
+        before = weights_digest(worker.model.state_dict())
+
+        rank1.fail_steps = 1
+        assert worker.tick()
+        assert rank1.kinds() == ["hello", "step", "undo"]
+        step = rank1.received[1]
+        assert step.shard is not None and len(step.shard) == 4 and step.mini_batch_size == 2  # the second half
+        assert weights_digest(worker.model.state_dict()) == before  # rank 0 undid its own step too
+        assert batch_states(worker.db) == [("pending", 8)]  # not the batch's fault: trained next time
+        assert worker.status.version == 0 and "RankFailed" in str(worker.status.last_error)
+
+        time.sleep(0.05)  # the retry back-off
+        assert worker.tick()
+        assert rank1.kinds()[3:] == ["step", "keep"]
+        assert batch_states(worker.db) == [("trained", 8)]
+        assert worker.status.version == 1 and worker.publisher.version == 1
+        assert weights_digest(worker.model.state_dict()) != before
+
+        rank1.asks_to_stop = True  # a SIGTERM on rank 1 reaches rank 0 with the next report
+        assert not worker.tick()
+        assert rank1.kinds()[-1] == "idle" and worker.stop_event.is_set()
+        worker.teardown()
+        assert rank1.kinds()[-1] == "stop"
+        assert worker.status.checkpoint_version == 1
+    finally:
+        worker.db.close()
+
+
+def test_rank_zero_refuses_to_train_when_another_rank_holds_other_weights(make_settings):
+    worker, rank1 = rank_zero(make_settings(batch_size=4, mini_batch_size=2))
+    rank1.digest = lambda: "0" * 64
+    try:
+        with pytest.raises(RanksDiverged, match="differ at start"):
+            worker.setup()
+    finally:
+        worker.db.close()
+
+
+def follower_trainer(settings: AppSettings) -> PPOTrainer:
+    return load_models(settings, choose_runtime(settings), None, 0).trainer
+
+
+def test_a_follower_undoes_a_step_exactly_and_retakes_the_same_step(make_settings):
+    settings = make_settings(batch_size=4, mini_batch_size=2)
+    trainer = follower_trainer(settings)
+    follower = Follower(trainer, RankChannel(1, 2), threading.Event())
+    shard = Shard([[1, 2, 3], [4, 5]], [[6, 7], [8, 9, 10]], [1.0, -0.5], [[-1.5, -1.5], [-1.0, -2.0, -1.0]])
+
+    def digest() -> str:
+        return weights_digest(trainer.accelerator.unwrap_model(trainer.model).state_dict())
+
+    with TrainerSnapshot(trainer) as snapshot:
+        start = follower.handle(Control("hello"), snapshot).digest
+        assert start == digest()
+        assert follower.handle(Control("step", shard, 1), snapshot).ok
+        stepped = digest()
+        assert stepped != start
+        follower.handle(Control("undo"), snapshot)
+        assert digest() == start
+        follower.handle(Control("step", shard, 1), snapshot)
+        assert digest() == stepped  # the same step again: optimizer, RNG and all were restored
+        follower.handle(Control("keep"), snapshot)
+        assert digest() == stepped
+
+
+def test_batch_bounds_must_split_into_whole_minibatches_per_rank(make_settings):
+    check_batch_sizes(make_settings(batch_size=8, max_batch_size=16, mini_batch_size=2), 4)
+    with pytest.raises(StartupError, match=r"--batch-size \(6\) must be a multiple of 4 processes"):
+        check_batch_sizes(make_settings(batch_size=6, max_batch_size=12, mini_batch_size=1), 4)
+    with pytest.raises(StartupError, match=r"--max-batch-size \(12\) must be a multiple of 4 processes x"):
+        check_batch_sizes(make_settings(batch_size=8, max_batch_size=12, mini_batch_size=2), 4)
+
+
+def test_the_launch_is_read_from_the_launcher_environment():
+    assert launch_from_env({}) is None
+    assert launch_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert launch_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == Launch(3, 4, 1)
