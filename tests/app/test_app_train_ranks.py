@@ -106,13 +106,13 @@ def launch(tiny_model: Path, prompt_file: Path, data_dir: Path, log_path: Path) 
         "checkpoint-every": 1000,
         "heartbeat-s": 0.5,
     }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
+    command = [  # docs/deployment.md, "Several GPUs", with the tiny options and a free port
+        str(Path(sys.executable).with_name("torchrun")),
         "--nnodes=1",
-        f"--nproc_per_node={WORLD}",
-        "--master_addr=127.0.0.1",
+        "--nproc_per_node",
+        str(WORLD),
+        "--master_addr",
+        "127.0.0.1",
         f"--master_port={_free_port()}",
         "-m",
         "app",
