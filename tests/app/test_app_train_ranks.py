@@ -61,6 +61,7 @@ MINI = 2
 MULTIPLE = WORLD * MINI
 START_DIGEST = re.compile(r"weights identical on all 2 ranks at start \(sha256 ([0-9a-f]{64})\)")
 STOP_DIGEST = re.compile(r"weights identical on all 2 ranks at stop \(sha256 ([0-9a-f]{64})\)")
+RANK1_PID = re.compile(r"rank 1 of 2 \(pid (\d+)\)")
 RANK1_DIGEST = re.compile(r"rank 1 weights sha256 ([0-9a-f]{64})")
 
 
@@ -124,7 +125,12 @@ def launch(tiny_model: Path, prompt_file: Path, data_dir: Path, log_path: Path) 
 
 
 @pytest.mark.slow
-def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(tiny_model, prompt_file, tmp_path):
+@pytest.mark.parametrize("stopped", ["torchrun", "rank 1"])
+def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(
+    tiny_model, prompt_file, tmp_path, stopped
+):
+    """SIGTERM to torchrun (it passes it to every rank), or to rank 1 alone (rank 0 hears of it in rank 1's next
+    report and stops everyone: torchrun exits 0)."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     db = open_database(data_dir / "feedback.db")
@@ -138,8 +144,13 @@ def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(tin
             assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-4000:]
             time.sleep(0.2)
         time.sleep(1.0)  # idle rounds between the ranks, then the stop
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        if stopped == "torchrun":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            pid = RANK1_PID.search(log_path.read_text(errors="replace"))
+            assert pid is not None
+            os.kill(int(pid.group(1)), signal.SIGTERM)
+        returncode = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -174,6 +185,9 @@ def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(tin
     assert stop.group(1) == rank1[-1] == weights_digest(state)
     assert start.group(1) == rank1[0] != stop.group(1)  # the steps really moved the weights
     assert "rank 1 stopped" in text
+    if stopped == "rank 1":
+        assert "rank [1] asked to stop" in text
+        assert returncode == 0, text[-4000:]
 
 
 # ------------------------------------------------------------------------------------------- one process
