@@ -95,6 +95,11 @@ def start_ranks(settings: AppSettings, launch: Launch) -> Runtime:
     except ModelLoadError as err:
         raise StartupError(str(err)) from err
     if runtime.device.type == "cuda":
+        if launch.local_rank >= torch.cuda.device_count():
+            raise StartupError(
+                f"rank {launch.rank} needs GPU {launch.local_rank} but {torch.cuda.device_count()} are visible: "
+                "start at most one process per GPU (or --device cpu)"
+            )
         torch.cuda.set_device(launch.local_rank)
         runtime = replace(runtime, device=torch.device("cuda", launch.local_rank))
     state = PartialState(cpu=runtime.device.type == "cpu")

@@ -98,6 +98,7 @@ def launch(tiny_model: Path, prompt_file: Path, data_dir: Path, log_path: Path) 
         "model": tiny_model,
         "dataset": prompt_file,
         "data-dir": data_dir,
+        "device": "cpu",
         "batch-size": 4,
         "max-batch-size": 8,
         "mini-batch-size": MINI,
@@ -124,22 +125,15 @@ def launch(tiny_model: Path, prompt_file: Path, data_dir: Path, log_path: Path) 
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("stopped", ["torchrun", "rank 1"])
-def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(
-    tiny_model, prompt_file, tmp_path, stopped
-):
-    """SIGTERM to torchrun (it passes it to every rank), or to rank 1 alone (rank 0 hears of it in rank 1's next
-    report and stops everyone: torchrun exits 0)."""
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    db = open_database(data_dir / "feedback.db")
-    sample_ids = fill(db, RATED)
-    log_path = tmp_path / "train.log"
+def run_until_trained(
+    tiny_model: Path, prompt_file: Path, data_dir: Path, db: Database, trained: int, stopped: str = "torchrun"
+) -> tuple[int, str]:
+    """Launch, wait until `trained` samples are trained, SIGTERM torchrun or rank 1; (torchrun's status, log)."""
+    log_path = data_dir.parent / f"train-{time.monotonic_ns()}.log"
     proc = launch(tiny_model, prompt_file, data_dir, log_path)
     try:
         deadline = time.monotonic() + 90
-        while trained_samples(db) < RATED - RATED % MULTIPLE:
+        while trained_samples(db) < trained:
             assert proc.poll() is None, log_path.read_text(errors="replace")[-4000:]
             assert time.monotonic() < deadline, log_path.read_text(errors="replace")[-4000:]
             time.sleep(0.2)
@@ -155,7 +149,21 @@ def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    text = log_path.read_text(errors="replace")
+    return returncode, log_path.read_text(errors="replace")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stopped", ["torchrun", "rank 1"])
+def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(
+    tiny_model, prompt_file, tmp_path, stopped
+):
+    """SIGTERM to torchrun (it passes it to every rank), or to rank 1 alone (rank 0 hears of it in rank 1's next
+    report and stops everyone: torchrun exits 0)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    db = open_database(data_dir / "feedback.db")
+    sample_ids = fill(db, RATED)
+    returncode, text = run_until_trained(tiny_model, prompt_file, data_dir, db, RATED - RATED % MULTIPLE, stopped)
     with db.read_session_factory.begin() as s:
         batches = list_batches(s, limit=1000)
         steps = training_history(s)
@@ -188,6 +196,33 @@ def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(
     if stopped == "rank 1":
         assert "rank [1] asked to stop" in text
         assert returncode == 0, text[-4000:]
+
+
+@pytest.mark.slow
+def test_the_ranks_resume_together_from_the_shutdown_checkpoint(tiny_model, prompt_file, tmp_path):
+    """The second run starts every rank from the first run's last version: its weights (rank 1 gets them from rank 0
+    when DDP wraps the model) and its optimizer state (each rank loads it: otherwise the ranks' Adam steps differ
+    and their weights part by the stop)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    db = open_database(data_dir / "feedback.db")
+    try:
+        fill(db, 8)
+        _, first = run_until_trained(tiny_model, prompt_file, data_dir, db, 8)
+        fill(db, 8)
+        _, second = run_until_trained(tiny_model, prompt_file, data_dir, db, 16)
+        with db.read_session_factory.begin() as s:
+            versions = sorted(x.policy_version for x in training_history(s))
+            newest = max(list_published(s), key=lambda p: p.version)
+    finally:
+        db.close()
+    assert versions == [1, 2]
+    stopped_at = STOP_DIGEST.search(first)
+    resumed_at, stopped_again = START_DIGEST.search(second), STOP_DIGEST.search(second)
+    assert stopped_at is not None and resumed_at is not None and stopped_again is not None, second[-4000:]
+    assert resumed_at.group(1) == stopped_at.group(1)
+    assert stopped_again.group(1) == weights_digest(read_version(Path(newest.path), newest.sha256))
+    assert "resuming version 1" in second
 
 
 # ------------------------------------------------------------------------------------------- one process
