@@ -19,6 +19,7 @@ from app.errors import StartupError
 from app.settings import AppSettings
 
 if TYPE_CHECKING:
+    from app.roles import TrainerProcess
     from app.service import FeedbackService
 
 log = logging.getLogger("app")
@@ -93,10 +94,18 @@ def serve(service: FeedbackService, settings: AppSettings) -> None:
 
 
 def train(settings: AppSettings) -> int:
-    """`rlhf-live train`: run the trainer until SIGINT/SIGTERM (then finish the step and checkpoint); 1 if it died."""
+    """`rlhf-live train`: run the trainer until SIGINT/SIGTERM (then finish the step and checkpoint); 1 if it died.
+    Under torchrun / accelerate launch, one process per rank (app.distributed_trainer)."""
+    from app.distributed_trainer import launch_from_env, train_ranks
     from app.roles import build_trainer_process
 
-    process = build_trainer_process(settings)
+    launch = launch_from_env()
+    if launch is not None:
+        return train_ranks(settings, launch, lambda process: run_trainer(process, settings))
+    return run_trainer(build_trainer_process(settings), settings)
+
+
+def run_trainer(process: TrainerProcess, settings: AppSettings) -> int:
     try:
         process.start()  # a second live trainer on the database is refused here (StartupError)
     except BaseException:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +199,10 @@ def refuse_lora(settings: AppSettings, role: str) -> None:
         raise StartupError(f"--lora is not supported by `rlhf-live {role}` yet; run the all-in-one app (no subcommand)")
 
 
-def build_trainer_process(settings: AppSettings) -> TrainerProcess:
+def build_trainer_process(
+    settings: AppSettings, make_worker: Callable[..., TrainerWorker] = TrainerWorker
+) -> TrainerProcess:
+    """`make_worker`: the trainer thread's class (rank 0 of several processes: app.distributed_trainer)."""
     refuse_lora(settings, "train")
     errors = ErrorLog()
     db = open_store(settings)
@@ -222,7 +226,7 @@ def build_trainer_process(settings: AppSettings) -> TrainerProcess:
         version, state, db, settings.published_dir, heartbeat.owner, settings.keep_checkpoints, errors
     )
     checkpoint = resume.state.version if resume else None
-    trainer = TrainerWorker(
+    trainer = make_worker(
         db,
         models.trainer,
         publisher,

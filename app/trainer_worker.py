@@ -207,6 +207,11 @@ class TrainerWorker(Worker):
         self.train(batch)
         return True
 
+    @property
+    def batch_multiple(self) -> int:
+        """A claimed batch's size is a multiple of this: the minibatch (app.distributed_trainer: times the ranks)."""
+        return self.settings.mini_batch_size or 1
+
     def _claim(self) -> ClaimedBatch | None:
         version = self.status.version
         with self.db.session_factory.begin() as s:
@@ -217,7 +222,7 @@ class TrainerWorker(Worker):
                 min_policy_version=self.window.floor(version),
                 use_auto_scores=self.use_auto_scores(),
                 max_size=self.settings.effective_max_batch_size,
-                multiple=self.settings.mini_batch_size or 1,
+                multiple=self.batch_multiple,
             )
 
     def train(self, batch: ClaimedBatch) -> bool:
