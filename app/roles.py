@@ -20,10 +20,9 @@ import torch
 from sqlalchemy.exc import IntegrityError
 
 from app.access import Access
-from app.checkpoints import find_resume_point
 from app.errors import StartupError, UserError
 from app.generator import GeneratorWorker
-from app.models import ModelLoadError, Runtime, choose_runtime, load_models, load_tokenizer
+from app.models import ModelLoadError, Runtime, choose_runtime, load_tokenizer
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher, copy_state
@@ -33,7 +32,8 @@ from app.service import FeedbackService
 from app.settings import AppSettings
 from app.shared_weights import SharedPublisher, WeightsFollower, local_path, read_version
 from app.staleness import StalenessWindow
-from app.startup import PromptSet, first_line, import_prompts, open_store, resume_version
+from app.startup import PromptSet, first_line, import_prompts, open_store
+from app.trainer_build import build_trainer_worker, load_training
 from app.trainer_worker import TrainerWorker
 from app.worker import ErrorLog, ErrorRecord
 from ppo_core import AutoModelForCausalLMWithValueHead, create_reference_model, set_seed
@@ -204,10 +204,7 @@ def build_trainer_process(settings: AppSettings) -> TrainerProcess:
     db = open_store(settings)
     try:
         rewards = RewardControl(settings.reward, settings.reward_choices)
-        resume = find_resume_point(db, settings.model)
-        runtime = choose_runtime(settings)
-        version = resume_version(db, resume)
-        models = load_models(settings, runtime, resume, version)
+        loaded = load_training(db, settings)
     except (ValueError, ModelLoadError) as err:
         db.close()
         raise StartupError(first_line(err)) from err
@@ -215,24 +212,12 @@ def build_trainer_process(settings: AppSettings) -> TrainerProcess:
         db.close()
         raise
     heartbeat = Heartbeat(db, settings, errors, "train", trainer=True)
-    loaded = resume.state.version if resume else 0
-    window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
-    state = copy_state(models.trainer.accelerator.unwrap_model(models.trainer.model))
-    publisher = SharedPublisher(
-        version, state, db, settings.published_dir, heartbeat.owner, settings.keep_checkpoints, errors
+    version, state = loaded.version, loaded.published_state()
+    folder, keep = settings.published_dir, settings.keep_checkpoints
+    publisher = SharedPublisher(version, state, db, folder, heartbeat.owner, keep, errors)
+    window = loaded.window(settings)
+    trainer = build_trainer_worker(
+        db, settings, loaded, publisher, window, errors, rewards.use_auto_scores, heartbeat.owner
     )
-    checkpoint = resume.state.version if resume else None
-    trainer = TrainerWorker(
-        db,
-        models.trainer,
-        publisher,
-        settings,
-        runtime,
-        errors,
-        rewards.use_auto_scores,
-        checkpoint,
-        window,
-        owner=heartbeat.owner,
-    )
-    log.info("trainer ready: model %s at version %d on %s", settings.model, version, runtime.device)
+    log.info("trainer ready: model %s at version %d on %s", settings.model, version, loaded.runtime.device)
     return TrainerProcess(db, heartbeat, publisher, trainer, errors)
