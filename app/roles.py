@@ -123,7 +123,11 @@ def build_front_end(settings: AppSettings) -> FeedbackService:
     follower = WeightsFollower(
         db, publisher, settings.published_dir, errors, settings.poll_seconds, WeightsKind.of(settings)
     )
-    follower.catch_up()  # after the generator is built at version 0: its first tick loads what this publishes
+    try:  # the newest version before the page opens (the generator, built at version 0, loads it first thing);
+        follower.tick()  # one of another kind is refused, recorded for the dashboard, and version 0 served
+    except Exception as err:  # unreadable (a wrong --weights-dir, a damaged file): say so now, not on the page
+        db.close()
+        raise StartupError(f"cannot load the newest published version: {first_line(err)}") from err
     extra = (Heartbeat(db, settings, errors, "serve", trainer=False), follower)
     trainer = RemoteTrainer(db, settings.heartbeat_expiry_s)
     parts = ServiceParts(

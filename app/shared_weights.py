@@ -177,11 +177,3 @@ class WeightsFollower(Worker):
         self.publisher.publish(newest.version, state)
         log.info("loaded published version %d", newest.version)
         return True
-
-    def catch_up(self) -> None:
-        """At start-up, before the page opens: load the newest version now. A failure is recorded for the
-        dashboard and the thread tries again."""
-        try:
-            self.tick()
-        except Exception as err:
-            self.errors.record(self.name, err)

@@ -14,10 +14,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from app.errors import StartupError
 from app.roles import TrainerProcess, build_front_end, build_trainer_process
 from app.service import FeedbackService
 from app.settings import AppSettings
 from app.shared_weights import WeightsFollower, file_metadata
+from app.startup import open_store
+from storage.published import announce_version
 from tests.app.app_helpers import generate, rate_next
 from tests.app.test_app_lora import LORA, policy_logits
 
@@ -135,3 +138,17 @@ def test_a_front_end_refuses_weights_of_another_kind_and_keeps_its_version(
     other.generator.load_newest()
     now = generator_state(other)
     assert other.generator.status.version == 0 and all(torch.equal(now[k], kept[k]) for k in kept)  # nothing loaded
+
+
+def test_a_front_end_that_cannot_read_the_newest_version_does_not_start(make_settings: Callable[..., Any]) -> None:
+    """A wrong --weights-dir (the announced file is not there) stops `serve` with one line instead of a page that
+    silently serves version 0."""
+    settings = make_settings()
+    db = open_store(settings)
+    try:
+        with db.session_factory.begin() as s:
+            announce_version(s, 1, str(settings.published_dir / "v1.safetensors"), "0" * 64, "train@elsewhere")
+    finally:
+        db.close()
+    with pytest.raises(StartupError, match=r"cannot load the newest published version: .*No such file"):
+        build_front_end(settings)
