@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load, save_file
+from safetensors.torch import load_file, save_file
 
 from app.checkpoints import fsync_dir
 from app.policy import PolicyPublisher
@@ -64,7 +64,8 @@ def read_version(path: Path, sha256: str, kind: WeightsKind) -> dict[str, torch.
         raise CorruptWeights(f"{path.name} does not match the sha256 announced with it")
     metadata = file_metadata(data)
     check_kind(WeightsKind.from_metadata(metadata), kind, int(metadata.get("version", "0")))
-    return load(data)
+    del data  # not deserialised from these bytes: a full model would be in memory twice at once
+    return load_file(str(path))  # the same bytes: a published file is renamed into place once, never rewritten
 
 
 def file_metadata(data: bytes) -> dict[str, str]:
