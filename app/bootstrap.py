@@ -9,23 +9,21 @@ from __future__ import annotations
 import logging
 
 from app.access import Access
-from app.checkpoints import find_resume_point
 from app.errors import StartupError
 from app.generator import GeneratorWorker
 from app.learned.embedder import load_embedder
 from app.learned.worker import LearnedRewardWorker
-from app.models import ModelLoadError, choose_runtime, load_models
+from app.models import ModelLoadError
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
-from app.policy import PolicyPublisher, publish_state
+from app.policy import PolicyPublisher
 from app.rating_mode import RatingMode
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
 from app.settings import AppSettings
-from app.staleness import StalenessWindow
-from app.startup import first_line, import_prompts, open_store, resume_version
-from app.trainer_worker import TrainerWorker
+from app.startup import first_line, import_prompts, open_store
+from app.trainer_build import build_trainer_worker, load_training
 from app.worker import ErrorLog
 
 log = logging.getLogger(__name__)
@@ -38,10 +36,7 @@ def build_service(settings: AppSettings) -> FeedbackService:
     try:
         prompts = import_prompts(db, settings)
         rewards = RewardControl(settings.reward, settings.reward_choices)
-        resume = find_resume_point(db, settings.model)
-        runtime = choose_runtime(settings)
-        version = resume_version(db, resume)
-        models = load_models(settings, runtime, resume, version)
+        loaded = load_training(db, settings)
         embedder = (
             load_embedder(settings.learned_embedder, settings.data_dir / "models") if settings.learned_enabled else None
         )
@@ -51,28 +46,20 @@ def build_service(settings: AppSettings) -> FeedbackService:
     except BaseException:
         db.close()
         raise
-    loaded = resume.state.version if resume else 0
-    window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
+    models, version, runtime = loaded.models, loaded.version, loaded.runtime
+    window = loaded.window(settings)
     heartbeat = Heartbeat(db, settings, errors, "all", trainer=True)  # claims carry its owner id (app.ownership)
-    trainer_model = models.trainer.accelerator.unwrap_model(models.trainer.model)
-    publisher = PolicyPublisher(version, publish_state(trainer_model))
+    publisher = PolicyPublisher(version, loaded.published_state())
     mode = RatingMode(settings.mode)
     generator = GeneratorWorker(
         db, models.generator_model, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
     )
     generator.twins = lambda: mode.pairwise  # pairwise mode: two responses per prompt, so pairs can form
-    trainer = TrainerWorker(
-        db,
-        models.trainer,
-        publisher,
-        settings,
-        runtime,
-        errors,
-        lambda: rewards.use_auto_scores() or mode.pairwise,  # pairwise: Bradley-Terry rewards are automatic scores
-        resume.state.version if resume else None,
-        window,
-        owner=heartbeat.owner,
-    )
+
+    def auto_scores() -> bool:  # pairwise: Bradley-Terry rewards are automatic scores
+        return rewards.use_auto_scores() or mode.pairwise
+
+    trainer = build_trainer_worker(db, settings, loaded, publisher, window, errors, auto_scores, heartbeat.owner)
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     learned = LearnedRewardWorker(db, rewards, embedder, settings, errors) if embedder is not None else None

@@ -23,7 +23,7 @@ Limits: one machine (the ranks > 0 read the resume checkpoint from `--data-dir`)
 before a collective the others are in (say, out of memory on one GPU) can leave the others waiting until torchrun
 ends them all: ppo_core takes every refusal (NaN/inf, the ratio threshold) from global figures, and rank 0 checks
 every shard's data before sending it, but an infrastructure fault on one rank is not survivable. LoRA is refused
-in `rlhf-live train` for now.
+with several ranks for now (`rlhf-live train --lora` runs as one process).
 """
 
 from __future__ import annotations
@@ -76,7 +76,10 @@ def launch_from_env(env: Mapping[str, str] | None = None) -> Launch | None:
 
 
 def check_batch_sizes(settings: AppSettings, world_size: int) -> None:
-    """Each rank trains an equal share of whole minibatches: both batch bounds are multiples of ranks x minibatch."""
+    """Each rank trains an equal share of whole minibatches: both batch bounds are multiples of ranks x minibatch.
+    LoRA is refused: a LoRA policy under DDP has not been run (one process: `rlhf-live train --lora`)."""
+    if settings.lora:
+        raise StartupError("--lora runs in one trainer process; several ranks (torchrun) are not supported with it yet")
     mini = settings.mini_batch_size or 1
     multiple = world_size * mini
     bounds = (("--batch-size", settings.batch_size), ("--max-batch-size", settings.effective_max_batch_size))

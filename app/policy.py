@@ -87,6 +87,9 @@ def load_published(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     unknown = [name for name in state if name not in params]
     if unknown:
         raise KeyError(f"published tensors the generator's model does not have: {unknown[:3]}")
+    misfits = [name for name, tensor in state.items() if tensor.shape != params[name].shape]
+    if misfits:  # checked before the first copy: a model is never left half loaded
+        raise ValueError(f"published tensors of another shape than the generator's: {misfits[:3]}")
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)

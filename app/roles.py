@@ -1,7 +1,8 @@
 """The app as separate processes sharing one database and one weights folder (docs/deployment.md).
 
 - `rlhf-live serve`: the rating page, a generator and a reward worker. No trainer: it follows the versions that
-  `rlhf-live train` publishes (app.shared_weights), and its page's training controls say where training runs.
+  `rlhf-live train` publishes (app.shared_weights; with --lora the adapter only, app.front_end_models), and its
+  page's training controls say where training runs.
   Any number of them may share a database: rater leases and every claim are compare-and-set rows (storage).
 - `rlhf-live train`: the trainer alone (claims batches, steps, checkpoints, publishes versions); one per database
   (its heartbeat row holds the trainer slot, app.ownership).
@@ -10,38 +11,35 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from sqlalchemy.exc import IntegrityError
 
 from app.access import Access
-from app.checkpoints import find_resume_point
 from app.errors import StartupError, UserError
+from app.front_end_models import load_front_end_models
 from app.generator import GeneratorWorker
-from app.models import ModelLoadError, Runtime, choose_runtime, load_models, load_tokenizer
+from app.models import ModelLoadError, choose_runtime
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
-from app.policy import PolicyPublisher, copy_state
+from app.policy import PolicyPublisher
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
 from app.settings import AppSettings
-from app.shared_weights import SharedPublisher, WeightsFollower, local_path, read_version
+from app.shared_weights import SharedPublisher, WeightsFollower
 from app.staleness import StalenessWindow
-from app.startup import PromptSet, first_line, import_prompts, open_store, resume_version
+from app.startup import PromptSet, first_line, import_prompts, open_store
+from app.trainer_build import build_trainer_worker, load_training
 from app.trainer_worker import TrainerWorker
+from app.weights_kind import WeightsKind
 from app.worker import ErrorLog, ErrorRecord
-from ppo_core import AutoModelForCausalLMWithValueHead, create_reference_model, set_seed
-from ppo_core.registry import resolve_model
 from storage.engine import Database
 from storage.owners import live_owners
-from storage.published import newest_published
 
 log = logging.getLogger(__name__)
 
@@ -93,38 +91,6 @@ class RemoteTrainer:
         raise UserError(TRAINING_ELSEWHERE)
 
 
-@dataclass
-class FrontEndModels:
-    tokenizer: object
-    reference: torch.nn.Module
-    policy: AutoModelForCausalLMWithValueHead
-    version: int
-
-
-def load_front_end_models(settings: AppSettings, runtime: Runtime, db: Database) -> FrontEndModels:
-    """The tokenizer, the initial model (the reference: version 0) and a copy holding the newest published version."""
-    set_seed(settings.seed)
-    try:
-        folder = resolve_model(settings.model)
-        tokenizer = load_tokenizer(folder)
-        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder)
-    except ModelLoadError:
-        raise
-    except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for unloadable models
-        raise ModelLoadError(f"cannot load model {settings.model!r}: {first_line(err)}") from err
-    reference = create_reference_model(initial)
-    policy = copy.deepcopy(initial).to(runtime.device).eval()
-    policy.requires_grad_(False)
-    with db.read_session_factory.begin() as s:
-        newest = newest_published(s)
-    version = 0
-    if newest is not None:
-        policy.load_state_dict(read_version(local_path(settings.published_dir, newest), newest.sha256))
-        version = newest.version
-        log.info("front-end starts with published version %d", version)
-    return FrontEndModels(tokenizer, reference, policy, version)
-
-
 def import_prompts_shared(db: Database, settings: AppSettings) -> PromptSet:
     """`import_prompts`, once more when another process inserted the same rows at the same moment."""
     try:
@@ -135,36 +101,40 @@ def import_prompts_shared(db: Database, settings: AppSettings) -> PromptSet:
 
 def build_front_end(settings: AppSettings) -> FeedbackService:
     """`rlhf-live serve`: the page's service, with a generator and a reward worker, following published versions."""
-    refuse_lora(settings, "serve")
     errors = ErrorLog()
     db = open_store(settings)
     try:
         prompts = import_prompts_shared(db, settings)
         rewards = RewardControl(settings.reward, settings.reward_choices)
         runtime = choose_runtime(settings)
-        models = load_front_end_models(settings, runtime, db)
+        models = load_front_end_models(settings, runtime)
     except (ValueError, ModelLoadError) as err:
         db.close()
         raise StartupError(first_line(err)) from err
     except BaseException:
         db.close()
         raise
-    publisher = PolicyPublisher(models.version, copy_state(models.policy))
+    publisher = PolicyPublisher(0, models.state)
     window = StalenessWindow(settings.max_staleness)
     generator = GeneratorWorker(
         db, models.policy, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
     )
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
-    extra = (
-        Heartbeat(db, settings, errors, "serve", trainer=False),
-        WeightsFollower(db, publisher, settings.published_dir, errors, settings.poll_seconds),
+    follower = WeightsFollower(
+        db, publisher, settings.published_dir, errors, settings.poll_seconds, WeightsKind.of(settings)
     )
+    try:  # the newest version before the page opens (the generator, built at version 0, loads it first thing);
+        follower.tick()  # one of another kind is refused, recorded for the dashboard, and version 0 served
+    except Exception as err:  # unreadable (a wrong --weights-dir, a damaged file): say so now, not on the page
+        db.close()
+        raise StartupError(f"cannot load the newest published version: {first_line(err)}") from err
+    extra = (Heartbeat(db, settings, errors, "serve", trainer=False), follower)
     trainer = RemoteTrainer(db, settings.heartbeat_expiry_s)
     parts = ServiceParts(
         db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window, extra
     )
-    log.info("front-end ready: model %s at version %d on %s", settings.model, models.version, runtime.device)
+    log.info("front-end ready: model %s at version %d on %s", settings.model, publisher.version, runtime.device)
     return FeedbackService(settings, parts)
 
 
@@ -193,25 +163,15 @@ class TrainerProcess:
         self.db.close()
 
 
-def refuse_lora(settings: AppSettings, role: str) -> None:
-    """Published versions are whole weights files, and a front-end builds a full model: LoRA runs all-in-one."""
-    if settings.lora:
-        raise StartupError(f"--lora is not supported by `rlhf-live {role}` yet; run the all-in-one app (no subcommand)")
-
-
 def build_trainer_process(
     settings: AppSettings, make_worker: Callable[..., TrainerWorker] = TrainerWorker
 ) -> TrainerProcess:
     """`make_worker`: the trainer thread's class (rank 0 of several processes: app.distributed_trainer)."""
-    refuse_lora(settings, "train")
     errors = ErrorLog()
     db = open_store(settings)
     try:
         rewards = RewardControl(settings.reward, settings.reward_choices)
-        resume = find_resume_point(db, settings.model)
-        runtime = choose_runtime(settings)
-        version = resume_version(db, resume)
-        models = load_models(settings, runtime, resume, version)
+        loaded = load_training(db, settings)
     except (ValueError, ModelLoadError) as err:
         db.close()
         raise StartupError(first_line(err)) from err
@@ -219,24 +179,13 @@ def build_trainer_process(
         db.close()
         raise
     heartbeat = Heartbeat(db, settings, errors, "train", trainer=True)
-    loaded = resume.state.version if resume else 0
-    window = StalenessWindow(settings.max_staleness, checkpoint_version=loaded, resumed_as=version)
-    state = copy_state(models.trainer.accelerator.unwrap_model(models.trainer.model))
-    publisher = SharedPublisher(
-        version, state, db, settings.published_dir, heartbeat.owner, settings.keep_checkpoints, errors
+    version, state = loaded.version, loaded.published_state()
+    folder, keep = settings.published_dir, settings.keep_checkpoints
+    kind = WeightsKind.of(settings)  # recorded in each file: a front-end of another kind refuses it whole
+    publisher = SharedPublisher(version, state, db, folder, heartbeat.owner, keep, errors, kind=kind)
+    window = loaded.window(settings)
+    trainer = build_trainer_worker(
+        db, settings, loaded, publisher, window, errors, rewards.use_auto_scores, heartbeat.owner, make_worker
     )
-    checkpoint = resume.state.version if resume else None
-    trainer = make_worker(
-        db,
-        models.trainer,
-        publisher,
-        settings,
-        runtime,
-        errors,
-        rewards.use_auto_scores,
-        checkpoint,
-        window,
-        owner=heartbeat.owner,
-    )
-    log.info("trainer ready: model %s at version %d on %s", settings.model, version, runtime.device)
+    log.info("trainer ready: model %s at version %d on %s", settings.model, version, loaded.runtime.device)
     return TrainerProcess(db, heartbeat, publisher, trainer, errors)

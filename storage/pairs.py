@@ -12,9 +12,9 @@ holds at most one pair lease. Locks are always taken pair first, then samples (n
 claim's order), so lease, comparison and claim transactions on PostgreSQL cannot deadlock on each other.
 
 A comparison is stored once per (pair, rater): the same answer again is a no-op (a double click), a different one
-is refused with ``AlreadyRated``; undo deletes it, unless a sample whose score it set has since been put in a
-training batch (``RatingLocked``), as for single ratings. Comparisons become training scores in
-storage/pair_scores.py.
+is refused with ``AlreadyRated``; undo deletes it and keeps the answer in ``comparison_history``, unless a sample
+whose score it set has since been put in a training batch (``RatingLocked``), as for single ratings. Comparisons
+become training scores in storage/pair_scores.py.
 """
 
 from __future__ import annotations
@@ -31,7 +31,17 @@ from storage.queries import check_seconds, is_open, lease_free, resolve_now, row
 from storage.raters import load_rater
 from storage.records import ComparisonRecord, PairProgress, PairRecord
 from storage.samples import DEFAULT_LEASE_SECONDS
-from storage.schema import ANSWERS, Pair, PairComparison, PairSkip, Prompt, Sample, TrainingBatch, utcnow
+from storage.schema import (
+    ANSWERS,
+    ComparisonHistory,
+    Pair,
+    PairComparison,
+    PairSkip,
+    Prompt,
+    Sample,
+    TrainingBatch,
+    utcnow,
+)
 from storage.validation import check_id
 
 _CANDIDATES = 8
@@ -127,6 +137,7 @@ def undo_last_comparison(
     s: Session, rater_id: int, *, lease_seconds: float = DEFAULT_LEASE_SECONDS, now: datetime | None = None
 ) -> ComparisonRecord | None:
     """Delete this rater's most recent comparison and lease its pair back to them (when free); None if none.
+    The deleted answer is kept in ``comparison_history`` (as ``rating_history`` keeps an undone rating).
 
     Raises ``RatingLocked`` when one of the pair's samples went into a training batch after the comparison was
     made (its frozen score may contain it). The caller refits the prompt's scores (storage/pair_scores.py).
@@ -144,6 +155,16 @@ def undo_last_comparison(
     if rowcount(s.execute(delete(PairComparison).where(PairComparison.id == row.id))) != 1:
         return None  # a second tab undid it first
     pair.compared_n -= 1
+    s.add(
+        ComparisonHistory(
+            pair_id=pair.id,
+            rater_id=rater.id,
+            action="undo",
+            old_answer=record.answer,
+            answered_at=record.created_at,
+            changed_at=now,
+        )
+    )
     s.flush()
     _lease_pair(s, pair.id, rater.id, now, now + timedelta(seconds=lease))
     return record

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # The Alembic revision this code's tables correspond to (storage/migrations/versions/).
-SCHEMA_VERSION: Final = "0006"
+SCHEMA_VERSION: Final = "0007"
 
 HUMAN_SOURCE: Final = "human"
 ROLES: Final = ("rater", "admin", "model")
@@ -321,7 +321,8 @@ class Pair(Base):
 
 
 class PairComparison(Base):
-    """One rater's answer to one pair (revision 0004); a resubmission is refused, an undo deletes the row."""
+    """One rater's answer to one pair (revision 0004); a resubmission is refused, an undo deletes the row and keeps
+    it in `comparison_history`."""
 
     __tablename__ = "comparisons"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -334,6 +335,20 @@ class PairComparison(Base):
         UniqueConstraint("pair_id", "rater_id", name="uq_comparisons_pair_rater"),
         Index("ix_comparisons_rater_created", "rater_id", "created_at"),
     )
+
+
+class ComparisonHistory(Base):
+    """Every undone comparison (revision 0006), as `rating_history` keeps undone ratings: the deleted answer, when
+    it was given and when it was taken back."""
+
+    __tablename__ = "comparison_history"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    old_answer: Mapped[str] = mapped_column(String(16))
+    answered_at: Mapped[datetime]
+    changed_at: Mapped[datetime]
 
 
 class PairSkip(Base):

@@ -63,19 +63,3 @@ def test_a_second_trainer_on_the_same_database_is_refused(
         os.umask(umask)
     assert status == 2
     assert "another trainer is alive on this database (train@gpu-box" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("role", ["serve", "train"])
-def test_lora_is_refused_by_the_split_roles(
-    role: str, tiny_model: Path, prompt_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Published versions are whole weights files: `--lora` stops a split role with one line, not a mismatch later."""
-    options = ["--model", str(tiny_model), "--dataset", str(prompt_file), "--data-dir", str(tmp_path), "--lora"]
-    umask = os.umask(0o022)
-    os.umask(umask)
-    try:
-        status = main([role, *options])
-    finally:
-        os.umask(umask)
-    assert status == 2
-    assert f"--lora is not supported by `rlhf-live {role}` yet" in capsys.readouterr().err

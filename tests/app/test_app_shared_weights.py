@@ -17,10 +17,13 @@ from app.ownership import Heartbeat, this_machine
 from app.policy import PolicyPublisher
 from app.settings import AppSettings
 from app.shared_weights import CorruptWeights, SharedPublisher, WeightsFollower, read_version, write_version
+from app.weights_kind import WeightsKind
 from app.worker import ErrorLog
 from storage.engine import Database, open_database
 from storage.owners import live_owners, register_owner
 from storage.published import list_published
+
+FULL = WeightsKind(lora=False)
 
 
 def _state(value: float) -> dict[str, torch.Tensor]:
@@ -36,24 +39,24 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 def test_a_version_is_written_whole_and_a_damaged_file_is_refused(tmp_path: Path) -> None:
-    path, digest = write_version(tmp_path / "w", 3, _state(0.5))
+    path, digest = write_version(tmp_path / "w", 3, _state(0.5), FULL)
     assert path.name == "v3.safetensors" and [p.name for p in path.parent.iterdir()] == ["v3.safetensors"]
-    loaded = read_version(path, digest)
+    loaded = read_version(path, digest, FULL)
     assert set(loaded) == {"wte.weight", "lm_head.weight", "v_head.bias"}
     torch.testing.assert_close(loaded["lm_head.weight"], torch.full((2, 3), 0.5))
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptWeights):
-        read_version(path, digest)
+        read_version(path, digest, FULL)
 
 
 def test_the_trainer_publishes_and_a_front_end_follows(tmp_path: Path, db: Database) -> None:
     errors = ErrorLog()
-    trainer_side = SharedPublisher(0, _state(0.0), db, tmp_path / "w", "train@test", keep=2, errors=errors)
+    trainer_side = SharedPublisher(0, _state(0.0), db, tmp_path / "w", "train@test", keep=2, errors=errors, kind=FULL)
     trainer_side.share_current()  # version 0 is the model every front-end starts from: nothing to announce
     front = PolicyPublisher(0, _state(0.0))
-    follower = WeightsFollower(db, front, tmp_path / "w", ErrorLog(), poll_seconds=0.05)
+    follower = WeightsFollower(db, front, tmp_path / "w", ErrorLog(), poll_seconds=0.05, kind=FULL)
     assert not follower.tick()
     for version in (1, 2, 3):
         trainer_side.publish(version, _state(float(version)))
@@ -63,9 +66,9 @@ def test_the_trainer_publishes_and_a_front_end_follows(tmp_path: Path, db: Datab
     with db.read_session_factory.begin() as s:
         assert [r.version for r in list_published(s)] == [2, 3]  # the older file is gone with its record
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["v2.safetensors", "v3.safetensors"]
-    restarted = SharedPublisher(3, _state(9.0), db, tmp_path / "w", "train@again", keep=2, errors=errors)
+    restarted = SharedPublisher(3, _state(9.0), db, tmp_path / "w", "train@again", keep=2, errors=errors, kind=FULL)
     restarted.share_current()  # already announced: never rewritten with other weights
-    assert read_version(tmp_path / "w" / "v3.safetensors", _digest(db, 3))["v_head.bias"].item() == 3.0
+    assert read_version(tmp_path / "w" / "v3.safetensors", _digest(db, 3), FULL)["v_head.bias"].item() == 3.0
     assert errors.all() == []
     blocked = tmp_path / "a-file"
     blocked.write_text("")
@@ -134,3 +137,34 @@ def test_heartbeat_settings_are_checked_and_the_weights_folder_defaults_to_the_d
         AppSettings(heartbeat_s=0.0)
     assert AppSettings(data_dir=tmp_path).published_dir == tmp_path / "weights"
     assert AppSettings(data_dir=tmp_path, weights_dir=Path("/mnt/w")).published_dir == Path("/mnt/w")
+
+
+def test_a_version_of_another_kind_is_refused_once_and_the_front_end_keeps_its_own(
+    tmp_path: Path, db: Database
+) -> None:
+    lora = WeightsKind(True, 4, 8, ("q_proj", "v_proj"))
+    errors = ErrorLog()
+    trainer_side = SharedPublisher(0, _state(0.0), db, tmp_path / "w", "train@test", keep=2, errors=errors, kind=lora)
+    trainer_side.publish(1, _state(1.0))
+    front = PolicyPublisher(0, _state(0.0))
+    seen = ErrorLog()
+    follower = WeightsFollower(db, front, tmp_path / "w", seen, poll_seconds=0.05, kind=FULL)
+    assert not follower.tick() and not follower.tick()
+    assert front.version == 0 and torch.equal(front.latest()[1]["wte.weight"], torch.zeros(2, 3))
+    assert [e.public for e in seen.all()] == [
+        "published version 1 holds a LoRA adapter (rank 4, alpha 8, targets q_proj,v_proj) but this front-end loads "
+        "full weights; not loaded (it keeps serving its current version): start it with the trainer's --lora options"
+    ]
+    other_rank = WeightsFollower(db, front, tmp_path / "w", seen, poll_seconds=0.05, kind=replace(lora, rank=8))
+    assert not other_rank.tick() and front.version == 0
+    same = WeightsFollower(db, front, tmp_path / "w", seen, poll_seconds=0.05, kind=lora)
+    assert same.tick() and front.version == 1 and errors.all() == []
+
+
+def test_a_file_without_a_recorded_kind_holds_full_weights(tmp_path: Path) -> None:
+    """Files published before kinds were recorded held full weights, the only kind then."""
+    assert WeightsKind.from_metadata({"version": "3"}) == FULL
+    lora = WeightsKind(True, 4, 8, ("q_proj", "v_proj"))
+    assert WeightsKind.from_metadata(lora.metadata()) == lora
+    with pytest.raises(ValueError, match="unknown kind"):
+        WeightsKind.from_metadata({"weights": "int8"})

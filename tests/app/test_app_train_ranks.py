@@ -347,6 +347,8 @@ def test_batch_bounds_must_split_into_whole_minibatches_per_rank(make_settings):
         check_batch_sizes(make_settings(batch_size=6, max_batch_size=12, mini_batch_size=1), 4)
     with pytest.raises(StartupError, match=r"--max-batch-size \(12\) must be a multiple of 4 processes x"):
         check_batch_sizes(make_settings(batch_size=8, max_batch_size=12, mini_batch_size=2), 4)
+    with pytest.raises(StartupError, match=r"--lora runs in one trainer process"):
+        check_batch_sizes(make_settings(batch_size=8, max_batch_size=16, mini_batch_size=2, lora=True), 4)
 
 
 def test_the_launch_is_read_from_the_launcher_environment():

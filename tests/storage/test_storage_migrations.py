@@ -98,7 +98,7 @@ def test_old_database_is_upgraded_with_its_data_intact(db_url: str) -> None:
         run(storage.record_rating, 1, 1, -0.25)  # uses rating_history, new in 0002
         assert [r.score for r in run(storage.ratings_for_sample, 1)] == [-0.25]
         assert run(storage.claim_next_batch, 1, "trainer").samples[0].score == -0.25
-    assert {"rating_history"} <= set(sa.inspect(sa.create_engine(url)).get_table_names())
+    assert {"rating_history", "comparison_history"} <= set(sa.inspect(sa.create_engine(url)).get_table_names())
 
 
 def test_old_database_is_refused_when_upgrading_is_not_allowed(db_url: str) -> None:

@@ -7,6 +7,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 from storage_helpers import in_tx, new_sample, rater, seed, snapshot
 
 import storage
@@ -14,6 +15,7 @@ from storage import Database, StepIn
 from storage.errors import AlreadyRated, InvalidInput, RatingLocked
 from storage.pair_scores import prompt_outcomes, write_derived_scores
 from storage.pairs import next_pair_for_rater, pair_progress, record_comparison, skip_pair, undo_last_comparison
+from storage.schema import ComparisonHistory
 
 BT = "bt@pairwise"
 
@@ -163,3 +165,40 @@ def test_racing_raters_never_hold_the_same_pair(db: Database) -> None:
         assert len(pair_ids) == len(set(pair_ids))
         samples = [x for _, members in round_ for x in members]
         assert len(samples) == len(set(samples))
+
+
+def test_an_undone_comparison_is_kept_in_the_history(db: Database) -> None:
+    """As an undone rating stays in rating_history: who answered what, when, and when they took it back."""
+    run = in_tx(db)
+    seed(db, prompts=1, samples_per_prompt=2)
+    alice = rater(db, "alice")
+    pair = run(next_pair_for_rater, alice)
+    given = run(record_comparison, pair.pair_id, alice, "b_better")
+    later = given.created_at + timedelta(seconds=30)
+    assert run(undo_last_comparison, alice, now=later) is not None
+    run(record_comparison, pair.pair_id, alice, "a_better")  # answered again after the undo
+    assert run(undo_last_comparison, alice, now=later + timedelta(seconds=5)).answer == "a_better"
+    assert run(undo_last_comparison, alice) is None  # nothing left to undo: no row
+    with db.read_session_factory.begin() as s:
+        rows = s.scalars(select(ComparisonHistory).order_by(ComparisonHistory.id)).all()
+        kept = [(h.pair_id, h.rater_id, h.action, h.old_answer, h.changed_at) for h in rows]
+        first_answered = rows[0].answered_at
+    assert kept == [
+        (pair.pair_id, alice, "undo", "b_better", later),
+        (pair.pair_id, alice, "undo", "a_better", later + timedelta(seconds=5)),
+    ]
+    assert first_answered == given.created_at
+
+
+def test_a_locked_undo_keeps_no_history(db: Database) -> None:
+    run = in_tx(db)
+    prompts, _ = seed(db, prompts=1, samples_per_prompt=2)
+    alice = rater(db, "alice")
+    pair = run(next_pair_for_rater, alice)
+    run(record_comparison, pair.pair_id, alice, "tie")
+    run(write_derived_scores, BT, prompts[0], {pair.sample_a_id: 0.0, pair.sample_b_id: 0.0})
+    assert run(storage.claim_next_batch, 2, "t", use_auto_scores=True) is not None
+    with pytest.raises(RatingLocked):
+        run(undo_last_comparison, alice)
+    with db.read_session_factory.begin() as s:
+        assert s.scalar(select(func.count()).select_from(ComparisonHistory)) == 0
