@@ -40,6 +40,7 @@ from app.models import choose_runtime, load_models
 from app.rank_channel import Control, RankChannel, Report, Shard, weights_digest
 from app.settings import AppSettings
 from app.shared_weights import read_version
+from app.weights_kind import WeightsKind
 from ppo_core import PPOTrainer
 from ppo_core.trainer_state import TrainerSnapshot
 from storage.batches import list_batches
@@ -63,6 +64,8 @@ START_DIGEST = re.compile(r"weights identical on all 2 ranks at start \(sha256 (
 STOP_DIGEST = re.compile(r"weights identical on all 2 ranks at stop \(sha256 ([0-9a-f]{64})\)")
 RANK1_PID = re.compile(r"rank 1 of 2 \(pid (\d+)\)")
 RANK1_DIGEST = re.compile(r"rank 1 weights sha256 ([0-9a-f]{64})")
+
+FULL = WeightsKind(lora=False)  # the kind of file a full (not LoRA) trainer publishes
 
 
 def _free_port() -> int:
@@ -183,7 +186,7 @@ def test_two_ranks_train_every_batch_once_and_end_with_the_published_weights(
     # each version announced; the newest one readable and saved at shutdown as a checkpoint
     newest = max(published, key=lambda p: p.version)
     assert newest.version == versions[-1]
-    state = read_version(Path(newest.path), newest.sha256)
+    state = read_version(Path(newest.path), newest.sha256, FULL)
     assert versions[-1] in {c.version for c in checkpoints}, "no shutdown checkpoint"
 
     # both ranks stopped with the newest published weights
@@ -221,7 +224,7 @@ def test_the_ranks_resume_together_from_the_shutdown_checkpoint(tiny_model, prom
     resumed_at, stopped_again = START_DIGEST.search(second), STOP_DIGEST.search(second)
     assert stopped_at is not None and resumed_at is not None and stopped_again is not None, second[-4000:]
     assert resumed_at.group(1) == stopped_at.group(1)
-    assert stopped_again.group(1) == weights_digest(read_version(Path(newest.path), newest.sha256))
+    assert stopped_again.group(1) == weights_digest(read_version(Path(newest.path), newest.sha256, FULL))
     assert "resuming version 1" in second
 
 
