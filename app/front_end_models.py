@@ -18,13 +18,11 @@ from typing import Any
 
 import torch
 
-from app.lora import AdapterDisabled, lora_config
-from app.models import ModelLoadError, Runtime, load_tokenizer
+from app.lora import AdapterDisabled
+from app.models import Runtime, load_initial
 from app.policy import publish_state
 from app.settings import AppSettings
-from app.startup import first_line
 from ppo_core import AutoModelForCausalLMWithValueHead, create_reference_model, set_seed
-from ppo_core.registry import resolve_model
 
 
 @dataclass
@@ -41,15 +39,7 @@ class FrontEndModels:
 def load_front_end_models(settings: AppSettings, runtime: Runtime) -> FrontEndModels:
     """The tokenizer, version 0 and the generator's model (ModelLoadError: one line, for the command line)."""
     set_seed(settings.seed)  # reproducible start-up; every published version overwrites the adapter whole
-    try:
-        folder = resolve_model(settings.model)
-        tokenizer = load_tokenizer(folder)
-        peft_config = lora_config(settings) if settings.lora else None
-        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder, peft_config=peft_config)
-    except ModelLoadError:
-        raise
-    except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for unloadable models
-        raise ModelLoadError(f"cannot load model {settings.model!r}: {first_line(err)}") from err
+    tokenizer, initial = load_initial(settings)
     state = publish_state(initial)  # before freezing: of a LoRA model, the tensors that train (by requires_grad)
     if settings.lora:
         policy = initial.to(runtime.device).eval()

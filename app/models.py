@@ -108,15 +108,7 @@ def load_models(settings: AppSettings, runtime: Runtime, resume: ResumePoint | N
         log.warning("%s only apply with --lora: ignored", ", ".join(settings.ignored_lora_options))
     if resume is not None:
         check_checkpoint_kind(resume.folder, settings)
-    try:
-        folder = resolve_model(settings.model)
-        tokenizer = load_tokenizer(folder)
-        peft_config = lora_config(settings) if settings.lora else None
-        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder, peft_config=peft_config)
-    except ModelLoadError:
-        raise
-    except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for unloadable models
-        raise ModelLoadError(f"cannot load model {settings.model!r}: {_first_line(err)}") from err
+    tokenizer, initial = load_initial(settings)
     policy, ref_model, reference, generator_model = (
         _lora_models(initial, resume) if settings.lora else _full_models(initial, resume)
     )
@@ -134,6 +126,21 @@ def load_models(settings: AppSettings, runtime: Runtime, resume: ResumePoint | N
 
 _Built = tuple[AutoModelForCausalLMWithValueHead, nn.Module | None, nn.Module, AutoModelForCausalLMWithValueHead]
 """(policy, the trainer's reference model or None, the generator's version 0, the generator's model)."""
+
+
+def load_initial(settings: AppSettings) -> tuple[Any, AutoModelForCausalLMWithValueHead]:
+    """The tokenizer and the model as shipped (with a fresh LoRA adapter under --lora); ModelLoadError, one line,
+    when it cannot be loaded."""
+    try:
+        folder = resolve_model(settings.model)
+        tokenizer = load_tokenizer(folder)
+        peft_config = lora_config(settings) if settings.lora else None
+        initial = AutoModelForCausalLMWithValueHead.from_pretrained(folder, peft_config=peft_config)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError, ... for unloadable models
+        raise ModelLoadError(f"cannot load model {settings.model!r}: {_first_line(err)}") from err
+    return tokenizer, initial
 
 
 def _full_models(initial: AutoModelForCausalLMWithValueHead, resume: ResumePoint | None) -> _Built:
