@@ -17,7 +17,7 @@ from app.models import ModelLoadError
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher
-from app.rating_mode import RatingMode
+from app.rating_mode import RatingMode, trains_on_auto_scores
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
@@ -56,9 +56,7 @@ def build_service(settings: AppSettings) -> FeedbackService:
     )
     generator.twins = lambda: mode.pairwise  # pairwise mode: two responses per prompt, so pairs can form
 
-    def auto_scores() -> bool:  # pairwise: Bradley-Terry rewards are automatic scores
-        return rewards.use_auto_scores() or mode.pairwise
-
+    auto_scores = trains_on_auto_scores(rewards.use_auto_scores, mode)
     trainer = build_trainer_worker(db, settings, loaded, publisher, window, errors, auto_scores, heartbeat.owner)
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import typing
+from collections.abc import Callable
 
 from app.errors import UserError
 from app.settings import RatingModeName
@@ -38,3 +39,9 @@ class RatingMode:
         with self._lock:
             previous, self._mode = self._mode, typing.cast(RatingModeName, mode)
         return previous
+
+
+def trains_on_auto_scores(reward_is_auto: Callable[[], bool], mode: RatingMode) -> Callable[[], bool]:
+    """The trainer's "do automatic scores count" question: yes when the reward source is automatic, and in pairwise
+    mode, whose Bradley-Terry rewards are automatic scores. One rule for the all-in-one app and `rlhf-live train`."""
+    return lambda: reward_is_auto() or mode.pairwise

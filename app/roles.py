@@ -27,6 +27,7 @@ from app.models import ModelLoadError, choose_runtime
 from app.ownership import Heartbeat
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher
+from app.rating_mode import RatingMode, trains_on_auto_scores
 from app.reward_source import RewardControl
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
@@ -119,6 +120,8 @@ def build_front_end(settings: AppSettings) -> FeedbackService:
     generator = GeneratorWorker(
         db, models.policy, models.reference, models.tokenizer, publisher, settings, runtime, errors, window
     )
+    mode = RatingMode(settings.mode)
+    generator.twins = lambda: mode.pairwise  # pairwise mode: two responses per prompt, so pairs can form
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     follower = WeightsFollower(
@@ -134,6 +137,7 @@ def build_front_end(settings: AppSettings) -> FeedbackService:
     parts = ServiceParts(
         db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window, extra
     )
+    parts.mode = mode
     log.info("front-end ready: model %s at version %d on %s", settings.model, publisher.version, runtime.device)
     return FeedbackService(settings, parts)
 
@@ -184,8 +188,9 @@ def build_trainer_process(
     kind = WeightsKind.of(settings)  # recorded in each file: a front-end of another kind refuses it whole
     publisher = SharedPublisher(version, state, db, folder, heartbeat.owner, keep, errors, kind=kind)
     window = loaded.window(settings)
+    auto_scores = trains_on_auto_scores(rewards.use_auto_scores, RatingMode(settings.mode))  # its own --mode
     trainer = build_trainer_worker(
-        db, settings, loaded, publisher, window, errors, rewards.use_auto_scores, heartbeat.owner, make_worker
+        db, settings, loaded, publisher, window, errors, auto_scores, heartbeat.owner, make_worker
     )
     log.info("trainer ready: model %s at version %d on %s", settings.model, version, loaded.runtime.device)
     return TrainerProcess(db, heartbeat, publisher, trainer, errors)
