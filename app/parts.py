@@ -91,6 +91,12 @@ class LearnedRewardPart(WorkerPart, Protocol):
     def status(self) -> LearnedRewardView: ...
 
 
+class SwitchAnnouncer(Protocol):
+    """Tells the other processes of a split deployment about an admin's switch (app.shared_switches)."""
+
+    def announce(self, name: str, value: str, changed_by: str) -> None: ...
+
+
 class PublisherPart(Protocol):
     @property
     def version(self) -> int: ...
@@ -116,3 +122,5 @@ class ServiceParts:
     """The rating mode shared with the generator and trainer; None = a fresh one from `settings.mode`."""
     learned: LearnedRewardPart | None = None
     """The learned reward thread, when a learned reward source is configured (`AppSettings.learned_enabled`)."""
+    switches: SwitchAnnouncer | None = None
+    """A front-end of a split deployment: where its admins' switches go so the other processes follow."""

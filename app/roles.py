@@ -28,10 +28,11 @@ from app.ownership import Heartbeat
 from app.parts import ServiceParts
 from app.policy import PolicyPublisher
 from app.rating_mode import RatingMode, trains_on_auto_scores
-from app.reward_source import RewardControl
+from app.reward_source import RewardControl, build_source
 from app.reward_worker import RewardWorker
 from app.service import FeedbackService
 from app.settings import AppSettings
+from app.shared_switches import SharedSwitches
 from app.shared_weights import SharedPublisher, WeightsFollower
 from app.staleness import StalenessWindow
 from app.startup import PromptSet, first_line, import_prompts, open_store
@@ -122,6 +123,7 @@ def build_front_end(settings: AppSettings) -> FeedbackService:
     )
     mode = RatingMode(settings.mode)
     generator.twins = lambda: mode.pairwise  # pairwise mode: two responses per prompt, so pairs can form
+    switches = SharedSwitches(db, errors, settings.poll_seconds, mode, rewards, settings.reward)
     reward_worker = RewardWorker(db, rewards, errors, settings.poll_seconds, timeout_s=settings.reward_timeout_s)
     access = Access([user for user, _ in settings.auth], settings.admins, settings.admin_token)
     follower = WeightsFollower(
@@ -129,15 +131,16 @@ def build_front_end(settings: AppSettings) -> FeedbackService:
     )
     try:  # the newest version before the page opens (the generator, built at version 0, loads it first thing);
         follower.tick()  # one of another kind is refused, recorded for the dashboard, and version 0 served
+        switches.tick()  # the deployment's rating mode and reward source, over --mode and --reward
     except Exception as err:  # unreadable (a wrong --weights-dir, a damaged file): say so now, not on the page
         db.close()
         raise StartupError(f"cannot load the newest published version: {first_line(err)}") from err
-    extra = (Heartbeat(db, settings, errors, "serve", trainer=False), follower)
+    extra = (Heartbeat(db, settings, errors, "serve", trainer=False), follower, switches)
     trainer = RemoteTrainer(db, settings.heartbeat_expiry_s)
     parts = ServiceParts(
         db, prompts, access, errors, rewards, publisher, generator, trainer, reward_worker, window, extra
     )
-    parts.mode = mode
+    parts.mode, parts.switches = mode, switches
     log.info("front-end ready: model %s at version %d on %s", settings.model, publisher.version, runtime.device)
     return FeedbackService(settings, parts)
 
@@ -152,16 +155,21 @@ class TrainerProcess:
     publisher: SharedPublisher
     trainer: TrainerWorker
     errors: ErrorLog
+    switches: SharedSwitches
+    """The rating mode and reward source the front-ends' admins chose (they decide which scores count)."""
 
     def start(self) -> None:
         self.heartbeat.start()  # registers first: a second live trainer is refused before anything is written
         self.publisher.share_current()
+        self.switches.start()
         self.trainer.start()
 
     def stop(self) -> None:
         """Finish the current step and save a checkpoint, then stop beating and close the database."""
         self.trainer.stop()
         self.trainer.join()
+        self.switches.stop()
+        self.switches.join()
         self.heartbeat.stop()
         self.heartbeat.join()
         self.db.close()
@@ -174,7 +182,7 @@ def build_trainer_process(
     errors = ErrorLog()
     db = open_store(settings)
     try:
-        rewards = RewardControl(settings.reward, settings.reward_choices)
+        build_source(settings.reward)  # a bad --reward stops start-up with one line, as on the front-ends
         loaded = load_training(db, settings)
     except (ValueError, ModelLoadError) as err:
         db.close()
@@ -188,9 +196,11 @@ def build_trainer_process(
     kind = WeightsKind.of(settings)  # recorded in each file: a front-end of another kind refuses it whole
     publisher = SharedPublisher(version, state, db, folder, heartbeat.owner, keep, errors, kind=kind)
     window = loaded.window(settings)
-    auto_scores = trains_on_auto_scores(rewards.use_auto_scores, RatingMode(settings.mode))  # its own --mode
+    switches = SharedSwitches(db, errors, settings.poll_seconds, RatingMode(settings.mode), None, settings.reward)
+    switches.tick()  # the deployment's switches, over this process's --mode and --reward
+    auto_scores = trains_on_auto_scores(switches.reward_is_auto, switches.mode)
     trainer = build_trainer_worker(
         db, settings, loaded, publisher, window, errors, auto_scores, heartbeat.owner, make_worker
     )
     log.info("trainer ready: model %s at version %d on %s", settings.model, version, loaded.runtime.device)
-    return TrainerProcess(db, heartbeat, publisher, trainer, errors)
+    return TrainerProcess(db, heartbeat, publisher, trainer, errors, switches)

@@ -45,6 +45,7 @@ from storage.raters import get_or_create_rater, set_rater_role
 from storage.ratings import last_rating_undoable, rater_progress, recent_ratings, record_rating, undo_last_rating
 from storage.samples import next_sample_for_rater, offer_sample, skip_sample
 from storage.schema import BATCH_FAILED
+from storage.switches import RATING_MODE, REWARD_SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class FeedbackService:
         self.mode = parts.mode or RatingMode(settings.mode)
         self.pairs = PairDesk(self.db, settings, self.mode)
         self.learned = parts.learned
+        self._switches = parts.switches
         self._workers = (self.generator, self.trainer, self.reward_worker, *([self.learned] if self.learned else []))
         self._extra_workers = parts.extra_workers
         self._dashboard = DashboardBuilder(self)
@@ -324,14 +326,19 @@ class FeedbackService:
     def set_reward_source(self, caller: Caller, spec: str) -> None:
         """Ask the reward worker to switch to one of the configured sources (it builds the source in its thread)."""
         self.access.require_admin(caller)
-        self.rewards.request(spec if isinstance(spec, str) else "")
+        clean = spec.strip() if isinstance(spec, str) else ""
+        self.rewards.request(clean)
         self._wake()
+        if self._switches is not None:  # a split deployment: the other processes follow
+            self._switches.announce(REWARD_SOURCE, clean, caller.username or "token")
 
     def set_rating_mode(self, caller: Caller, mode: str) -> None:
         """Admin only: switch between single and pairwise rating (stored ratings and comparisons stay)."""
         self.access.require_admin(caller)
         previous = self.mode.set(mode)
         self._wake()
+        if self._switches is not None:
+            self._switches.announce(RATING_MODE, mode, caller.username or "token")
         log.info("rating mode %s -> %s by an admin (%s)", previous, mode, caller.username or "token")
 
     def save_checkpoint(self, caller: Caller) -> str:

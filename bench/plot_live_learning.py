@@ -27,12 +27,20 @@ def runs(paths: list[Path]) -> tuple[dict[str, float], dict[str, tuple[int, dict
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
             if "held_out" in result:  # one bench run
                 v0 = result["held_out"]["v0"]
-                live[f"{result['raters']} raters"] = (result["live_version"], result["held_out"]["live"])
+                live[run_label(result)] = (result["live_version"], result["held_out"]["live"])
                 continue
             v0 = result.pop("v0_only", {}).get("v0", v0)
             for name, item in result.items():
                 live[name] = (item["version"], item["live"])
     return v0, live
+
+
+def run_label(result: dict[str, Any]) -> str:
+    """The run's name: "3 raters", and on a second line the reward it passed to the app, if any."""
+    args: list[str] = result.get("app_args", [])
+    reward = args[args.index("--reward") + 1] if "--reward" in args[:-1] else None
+    raters = f"{result['raters']} rater{'s' if result['raters'] != 1 else ''}"
+    return f"{raters}\n{reward}" if reward else raters
 
 
 def plot(png: Path, v0: dict[str, float], live: dict[str, tuple[int, dict[str, float]]]) -> None:
@@ -42,7 +50,7 @@ def plot(png: Path, v0: dict[str, float], live: dict[str, tuple[int, dict[str, f
     import matplotlib.pyplot as plt
 
     kinds = ("greedy", "sampled", "all")
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.4 * (len(live) + 1)), 3.8))
     labels = ["v0", *(f"{name}\nv{version}" for name, (version, _) in live.items())]
     values = [v0, *(scores for _, scores in live.values())]
     width = 0.8 / len(kinds)

@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 # The Alembic revision this code's tables correspond to (storage/migrations/versions/).
-SCHEMA_VERSION: Final = "0007"
+SCHEMA_VERSION: Final = "0008"
 
 HUMAN_SOURCE: Final = "human"
 ROLES: Final = ("rater", "admin", "model")
@@ -358,3 +358,14 @@ class PairSkip(Base):
     rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), primary_key=True)
     pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), primary_key=True)
     created_at: Mapped[datetime]
+
+
+class AdminSwitch(Base):
+    """An admin's run-time switch that every process of a deployment follows (revision 0008): the rating mode
+    and the reward source chosen on any front-end (storage.switches). One row per switch, the latest value."""
+
+    __tablename__ = "admin_switches"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    changed_by: Mapped[str] = mapped_column(String(200))
+    changed_at: Mapped[datetime]
