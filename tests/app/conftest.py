@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from app.bootstrap import build_service
+from app.roles import TrainerProcess, build_front_end, build_trainer_process
 from app.service import FeedbackService
 from app.settings import AppSettings
 from tests.conftest import app_backend
@@ -104,3 +105,20 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = 
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def build_role(make_settings: Callable[..., AppSettings]) -> Iterator[Callable[..., Any]]:
+    """build_role(role, **overrides): a `serve` front-end service or a `train` trainer process, not started; all
+    stopped at the end (last built first)."""
+    built: list[FeedbackService | TrainerProcess] = []
+
+    def make(role: str, **overrides: Any) -> Any:
+        settings = make_settings(**overrides)
+        made = build_front_end(settings) if role == "serve" else build_trainer_process(settings)
+        built.append(made)
+        return made
+
+    yield make
+    for made in reversed(built):
+        made.stop()

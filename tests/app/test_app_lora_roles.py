@@ -6,7 +6,7 @@ version it has."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,32 +15,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from app.errors import StartupError
-from app.roles import TrainerProcess, build_front_end, build_trainer_process
+from app.roles import TrainerProcess, build_front_end
 from app.service import FeedbackService
-from app.settings import AppSettings
 from app.shared_weights import WeightsFollower, file_metadata
 from app.startup import open_store
 from storage.published import announce_version
 from tests.app.app_helpers import generate, rate_next
 from tests.app.test_app_lora import LORA, policy_logits
-
-Built = FeedbackService | TrainerProcess
-
-
-@pytest.fixture
-def build(make_settings: Callable[..., AppSettings]) -> Iterator[Callable[..., Any]]:
-    """build(role, **overrides): a front-end service or a trainer process, not started; all stopped at the end."""
-    built: list[Built] = []
-
-    def make(role: str, **overrides: Any) -> Any:
-        settings = make_settings(**overrides)
-        made: Built = build_front_end(settings) if role == "serve" else build_trainer_process(settings)
-        built.append(made)
-        return made
-
-    yield make
-    for made in reversed(built):
-        made.stop()
 
 
 def follower(front: FeedbackService) -> WeightsFollower:
@@ -60,10 +41,10 @@ def generator_state(front: FeedbackService) -> dict[str, torch.Tensor]:
 
 
 def test_a_lora_trainer_publishes_the_adapter_and_a_lora_front_end_generates_with_it(
-    build: Callable[..., Any], tiny_model: Path
+    build_role: Callable[..., Any], tiny_model: Path
 ) -> None:
-    front: FeedbackService = build("serve", **LORA)
-    trainer: TrainerProcess = build("train", **LORA)
+    front: FeedbackService = build_role("serve", **LORA)
+    trainer: TrainerProcess = build_role("train", **LORA)
     assert front.generator.reference.policy is front.generator.model  # version 0 is the adapter switched off
     before = policy_logits(front.generator.model)
     step(front, trainer, "alice")
@@ -86,16 +67,18 @@ def test_a_lora_trainer_publishes_the_adapter_and_a_lora_front_end_generates_wit
     torch.testing.assert_close(policy_logits(front.generator.reference), expected)  # still the base model
 
 
-def test_train_lora_resumes_from_its_adapter_checkpoint_and_front_ends_follow_on(build: Callable[..., Any]) -> None:
-    front: FeedbackService = build("serve", **LORA)
-    first: TrainerProcess = build("train", **LORA)
+def test_train_lora_resumes_from_its_adapter_checkpoint_and_front_ends_follow_on(
+    build_role: Callable[..., Any],
+) -> None:
+    front: FeedbackService = build_role("serve", **LORA)
+    first: TrainerProcess = build_role("train", **LORA)
     step(front, first, "alice")
     folder = first.trainer.checkpoint()
     assert not (folder / "model.safetensors").exists()  # the adapter checkpoint of the all-in-one app
     logits = policy_logits(first.trainer.model)
     first.stop()
 
-    second: TrainerProcess = build("train", **LORA)
+    second: TrainerProcess = build_role("train", **LORA)
     assert second.publisher.version == 1 and second.trainer.status.checkpoint_version == 1
     torch.testing.assert_close(policy_logits(second.trainer.model), logits, rtol=0, atol=0)
     second.publisher.share_current()  # version 1 is announced already: not written again
@@ -119,12 +102,12 @@ def test_train_lora_resumes_from_its_adapter_checkpoint_and_front_ends_follow_on
     ids=["lora-to-full", "full-to-lora", "other-rank"],
 )
 def test_a_front_end_refuses_weights_of_another_kind_and_keeps_its_version(
-    build: Callable[..., Any], trainer_kind: dict[str, Any], front_kind: dict[str, Any], said: str
+    build_role: Callable[..., Any], trainer_kind: dict[str, Any], front_kind: dict[str, Any], said: str
 ) -> None:
-    front: FeedbackService = build("serve", **trainer_kind)  # makes the samples the trainer trains on
-    trainer: TrainerProcess = build("train", **trainer_kind)
+    front: FeedbackService = build_role("serve", **trainer_kind)  # makes the samples the trainer trains on
+    trainer: TrainerProcess = build_role("train", **trainer_kind)
     step(front, trainer, "alice")
-    other: FeedbackService = build("serve", **front_kind)  # started after version 1: refused at start-up
+    other: FeedbackService = build_role("serve", **front_kind)  # started after version 1: refused at start-up
     kept = generator_state(other)
     assert other.publisher.version == 0
     refusals = [e for e in other.errors.all() if e.worker == "weights"]

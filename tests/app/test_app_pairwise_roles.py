@@ -6,37 +6,20 @@ front-ends and the trainer (app.shared_switches), and a front-end that starts la
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from app.access import Caller
-from app.roles import TrainerProcess, build_front_end, build_trainer_process
+from app.roles import TrainerProcess
 from app.service import FeedbackService
-from app.settings import AppSettings
 from app.shared_switches import SharedSwitches
 from tests.app.app_helpers import generate
 
-Built = FeedbackService | TrainerProcess
 TOKEN = "a-fixed-admin-token-for-tests-0123"
 ADMIN = Caller(admin_token=TOKEN)
-
-
-@pytest.fixture
-def build(make_settings: Callable[..., AppSettings]) -> Iterator[Callable[..., Any]]:
-    """build(role, **overrides): a front-end service or a trainer process, not started; all stopped at the end."""
-    built: list[Built] = []
-
-    def make(role: str, **overrides: Any) -> Any:
-        settings = make_settings(**{"reward": "human", "admin_token": TOKEN, **overrides})
-        made: Built = build_front_end(settings) if role == "serve" else build_trainer_process(settings)
-        built.append(made)
-        return made
-
-    yield make
-    for made in reversed(built):
-        made.stop()
+SPLIT = {"reward": "human", "admin_token": TOKEN}
 
 
 def _answer_one_pair(front: FeedbackService) -> None:
@@ -49,10 +32,10 @@ def _answer_one_pair(front: FeedbackService) -> None:
 
 @pytest.mark.parametrize("trainer_mode", ["pairwise", "single"])
 def test_a_pairwise_trainer_trains_the_answers_of_a_pairwise_front_end(
-    build: Callable[..., Any], trainer_mode: str
+    build_role: Callable[..., Any], trainer_mode: str
 ) -> None:
-    front: FeedbackService = build("serve", mode="pairwise")
-    trainer: TrainerProcess = build("train", mode=trainer_mode)
+    front: FeedbackService = build_role("serve", **SPLIT, mode="pairwise")
+    trainer: TrainerProcess = build_role("train", **SPLIT, mode=trainer_mode)
     assert front.rating_mode() == "pairwise"
     _answer_one_pair(front)
     trained = trainer.trainer.tick()
@@ -63,11 +46,11 @@ def test_a_pairwise_trainer_trains_the_answers_of_a_pairwise_front_end(
 
 
 def test_an_admins_switches_on_one_front_end_reach_the_other_front_ends_and_the_trainer(
-    build: Callable[..., Any],
+    build_role: Callable[..., Any],
 ) -> None:
-    one: FeedbackService = build("serve")
-    other: FeedbackService = build("serve")
-    trainer: TrainerProcess = build("train")
+    one: FeedbackService = build_role("serve", **SPLIT)
+    other: FeedbackService = build_role("serve", **SPLIT)
+    trainer: TrainerProcess = build_role("train", **SPLIT)
     assert not trainer.trainer.use_auto_scores()  # human reward, single mode: people's scores only
 
     one.set_rating_mode(ADMIN, "pairwise")
@@ -88,13 +71,13 @@ def test_an_admins_switches_on_one_front_end_reach_the_other_front_ends_and_the_
     assert other.rewards.requested == "vader"  # asked of its reward thread, which builds it
     assert trainer.switches.reward_spec == "vader" and trainer.trainer.use_auto_scores()
 
-    late: FeedbackService = build("serve", mode="pairwise", reward="human")  # started after the switches
+    late: FeedbackService = build_role("serve", **SPLIT, mode="pairwise")  # started after the switches
     assert late.rating_mode() == "single" and late.rewards.requested == "vader"
 
 
-def test_a_stored_switch_this_process_was_not_configured_for_is_ignored(build: Callable[..., Any]) -> None:
-    one: FeedbackService = build("serve", reward_choices=("human", "vader", "length:40"))
-    other: FeedbackService = build("serve", reward_choices=("human", "vader"))
+def test_a_stored_switch_this_process_was_not_configured_for_is_ignored(build_role: Callable[..., Any]) -> None:
+    one: FeedbackService = build_role("serve", **SPLIT, reward_choices=("human", "vader", "length:40"))
+    other: FeedbackService = build_role("serve", **SPLIT, reward_choices=("human", "vader"))
     one.set_reward_source(ADMIN, "length:40")
     switches_of(other).tick()
     assert other.rewards.requested is None and other.rewards.current().spec == "human"  # not its operator's choice
