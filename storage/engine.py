@@ -22,6 +22,9 @@ row lock fails instead of hanging), ``durable`` = ``synchronous_commit`` on / of
 the last commits, never consistency), read sessions = ``REPEATABLE READ READ ONLY`` (one snapshot for a whole export,
 never blocking writers), and schema creation or upgrade under a transaction-level advisory lock, so processes
 opening a new database at once create it once.
+
+``upsert`` is the one statement that has no portable SQLAlchemy spelling (``INSERT ... ON CONFLICT DO UPDATE``);
+it lives here with the other dialect-specific code, so repository modules stay portable.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from types import TracebackType
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from storage.errors import InvalidInput
@@ -195,3 +200,14 @@ def open_database(
 
 def _is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
+
+
+def upsert(s: Session, table: type[Any], key: InstrumentedAttribute[Any], values: dict[str, Any]) -> None:
+    """Insert the row `values`, or update it in place where `key` (a unique column) already holds its value.
+
+    One statement on both backends (``ON CONFLICT DO UPDATE``): two writers at the same moment both succeed, the
+    later commit wins, and neither fails on the unique constraint as a read-then-insert would."""
+    insert = postgresql_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    update = {name: value for name, value in values.items() if name != key.key}
+    stmt = insert(table).values(**values)
+    s.execute(stmt.on_conflict_do_update(index_elements=[key], set_=update))

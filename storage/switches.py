@@ -12,10 +12,9 @@ from datetime import datetime
 from typing import Final
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from storage.engine import upsert
 from storage.errors import InvalidInput
 from storage.queries import resolve_now
 from storage.schema import AdminSwitch
@@ -44,10 +43,8 @@ def set_switch(s: Session, name: str, value: str, changed_by: str, *, now: datet
     value = check_text(value, "value", InvalidInput, max_chars=MAX_SOURCE_CHARS)
     changed_by = check_text(changed_by, "changed_by", InvalidInput, max_chars=MAX_NAME_CHARS)
     record = SwitchRecord(name, value, changed_by, resolve_now(now))
-    insert = postgresql_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-    latest = {"value": record.value, "changed_by": record.changed_by, "changed_at": record.changed_at}
-    stmt = insert(AdminSwitch).values(name=name, **latest)
-    s.execute(stmt.on_conflict_do_update(index_elements=[AdminSwitch.name], set_=latest))
+    latest = {"name": name, "value": record.value, "changed_by": record.changed_by, "changed_at": record.changed_at}
+    upsert(s, AdminSwitch, AdminSwitch.name, latest)
     return record
 
 
