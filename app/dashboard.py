@@ -101,5 +101,7 @@ class DashboardBuilder:
             return f"error: {t.last_error} (the batch goes back to training and is retried)"
         missing = self._svc.settings.batch_size - scored
         if missing > 0 and in_batches == 0:
-            return f"waiting for {missing} more rating{'s' if missing != 1 else ''}"
+            waiting = f"waiting for {missing} more rating{'s' if missing != 1 else ''}"
+            flush = self._svc.settings.flush_after_s
+            return waiting if scored == 0 else f"{waiting} (or trains what it has {flush:g} s after the oldest)"
         return "running"

@@ -71,6 +71,9 @@ class AppSettings:
     """Most scored samples one PPO step takes: a step takes every scored sample waiting, up to this, so what raters
     score during a step is trained in the next; it bounds step time (about linear in it) and the generator makes no
     more responses than this ahead of the trainer. None = 2 x batch_size (docs/live-learning.md)."""
+    flush_after_s: float = 90.0
+    """A human rating that has waited this long for a batch is trained in a smaller one (at least one minibatch):
+    the last ratings of a sitting reach the weights even when too few follow to fill --batch-size."""
     mini_batch_size: int | None = None
     """Samples per forward/backward pass; None = batch_size."""
     ppo_epochs: int = 4
@@ -204,6 +207,7 @@ class AppSettings:
             "max_backoff_s",
             "reward_timeout_s",
             "learned_refit_s",
+            "flush_after_s",
         ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session
 
 from app.checkpoints import TrainerState, prune_checkpoints, record, remove_folder, save_checkpoint
 from app.errors import public_text
@@ -53,6 +54,8 @@ from storage.engine import Database
 from storage.errors import BatchStateError, StaleClaim
 from storage.history import record_checkpoint
 from storage.records import ClaimedBatch, StepIn
+from storage.samples import oldest_waiting_rating
+from storage.schema import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -213,17 +216,28 @@ class TrainerWorker(Worker):
         return self.settings.mini_batch_size or 1
 
     def _claim(self) -> ClaimedBatch | None:
-        version = self.status.version
+        """A batch of --batch-size..--max-batch-size; or, when a human rating has waited --flush-after-s, any
+        whole number of minibatches (so the last ratings of a sitting are trained too)."""
         with self.db.session_factory.begin() as s:
-            return claim_next_batch(
-                s,
-                self.settings.batch_size,
-                self.claimer,
-                min_policy_version=self.window.floor(version),
-                use_auto_scores=self.use_auto_scores(),
-                max_size=self.settings.effective_max_batch_size,
-                multiple=self.batch_multiple,
-            )
+            batch = self._claim_at_least(s, self.settings.batch_size)
+            if batch is None and self._rating_waited_too_long(s):
+                batch = self._claim_at_least(s, self.batch_multiple)
+            return batch
+
+    def _claim_at_least(self, s: Session, size: int) -> ClaimedBatch | None:
+        return claim_next_batch(
+            s,
+            size,
+            self.claimer,
+            min_policy_version=self.window.floor(self.status.version),
+            use_auto_scores=self.use_auto_scores(),
+            max_size=self.settings.effective_max_batch_size,
+            multiple=self.batch_multiple,
+        )
+
+    def _rating_waited_too_long(self, s: Session) -> bool:
+        oldest = oldest_waiting_rating(s)
+        return oldest is not None and (utcnow() - oldest).total_seconds() >= self.settings.flush_after_s
 
     def train(self, batch: ClaimedBatch) -> bool:
         """One PPO step on a claimed batch; True when it was trained, recorded and published. On any failure the

@@ -29,7 +29,7 @@ from storage.queries import (
 )
 from storage.raters import check_model_source, load_rater
 from storage.records import NewSample, SampleRecord
-from storage.schema import MODEL_RATER_PREFIX, Prompt, Rater, Sample, Skip, UTCDateTime, utcnow
+from storage.schema import HUMAN_SOURCE, MODEL_RATER_PREFIX, Prompt, Rater, Rating, Sample, Skip, UTCDateTime, utcnow
 from storage.validation import check_id, check_int
 
 DEFAULT_LEASE_SECONDS = 300.0
@@ -242,6 +242,19 @@ def count_in_flight(s: Session, min_policy_version: int, *, now: datetime | None
     now = resolve_now(now)
     pending = or_(Sample.human_n > 0, ~lease_free(now), Sample.policy_version >= min_policy_version)
     return s.scalar(select(func.count()).where(is_open(), pending)) or 0
+
+
+def oldest_waiting_rating(s: Session) -> datetime | None:
+    """When the oldest human rating of an open sample (rated, not yet in a batch) was made; None when none waits.
+
+    The trainer trains a smaller batch when this is older than `--flush-after-s`: the last ratings of a sitting
+    reach the weights even when too few follow them to fill a batch."""
+    stmt = (
+        select(func.min(Rating.created_at))
+        .join(Sample, Sample.id == Rating.sample_id)
+        .where(is_open(), Rating.source == HUMAN_SOURCE)
+    )
+    return s.scalar(stmt)
 
 
 def samples_needing_auto_score(s: Session, source: str, limit: int = 64) -> list[SampleRecord]:

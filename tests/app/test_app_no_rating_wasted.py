@@ -4,13 +4,14 @@ trained, the step takes every scored sample waiting (up to --max-batch-size), an
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from sqlalchemy import select
 
 from app.service import FeedbackService
 from storage.schema import Sample
-from tests.app.app_helpers import batches
+from tests.app.app_helpers import batches, generate, rate_next
 
 
 def _rate_everything_offered(service: FeedbackService, rater_ids: list[int]) -> int:
@@ -46,3 +47,25 @@ def test_a_burst_of_ratings_is_trained_whole_in_batches_within_the_bounds(
     assert counts["human_ratings_trained"] == counts["human_ratings_all"] == rated
     assert all(2 <= n <= 6 for n in sizes) and max(sizes) > 2  # steps take more than the minimum when it waits
     assert all(b.status == "trained" for b in batches(service))
+
+
+def test_ratings_too_few_for_a_batch_are_trained_once_the_oldest_has_waited_flush_after_s(
+    make_service: Callable[..., FeedbackService],
+) -> None:
+    """The last ratings of a sitting: fewer than --batch-size, nobody rating after them. The trainer waits for a
+    full batch until the oldest has waited --flush-after-s, then trains what it has."""
+    service = make_service(batch_size=4, flush_after_s=0.5, ppo_epochs=1, max_new_tokens=4)
+    generate(service, 4)
+    alice = service.login("alice")
+    started = time.monotonic()
+    rate_next(service, alice.id, 2)
+    assert not service.trainer.tick()  # two of four, and they just arrived: the trainer waits
+    assert service.dashboard().training == "waiting for 2 more ratings (or trains what it has 0.5 s after the oldest)"
+    assert batches(service) == []
+    time.sleep(max(0.0, started + 0.6 - time.monotonic()))
+    assert service.trainer.tick()
+    [batch] = batches(service)
+    assert (batch.status, batch.size) == ("trained", 2)
+    assert service.trainer.status.version == 1
+    assert not service.trainer.tick()  # nothing rated is left waiting: no empty or auto-only step
+

@@ -10,7 +10,7 @@ from storage_helpers import in_tx, new_sample, rater, seed, snapshot
 
 import storage
 from storage import Database, NewSample
-from storage.samples import count_in_flight
+from storage.samples import count_in_flight, oldest_waiting_rating
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -206,3 +206,23 @@ def test_the_queue_serves_only_versions_from_the_minimum_and_in_flight_counts_wh
     assert run(storage.next_sample_for_rater, rater(db, "carol"), min_policy_version=3) is None  # old ones: never
     # bob holds `new` now: in flight are the rated one, both held ones, and nothing else of version 3
     assert run(count_in_flight, 3) == 3  # not `old`: unrated, nobody holds it, older than version 3
+
+
+def test_oldest_waiting_rating_is_the_first_human_rating_of_a_sample_no_batch_has_taken(db: Database) -> None:
+    run = in_tx(db)
+    _, (auto_only, rated_second, rated_first) = seed(db, prompts=1, samples_per_prompt=3)
+    alice, bob = rater(db, "alice"), rater(db, "bob")
+    vader = run(storage.get_or_create_model_rater, "vader").id
+    assert run(oldest_waiting_rating) is None
+    run(storage.record_rating, auto_only, vader, 0.2, source="vader")
+    assert run(oldest_waiting_rating) is None  # a reward model's score is not a person waiting
+    first = run(storage.record_rating, rated_first, alice, 0.5)
+    second = run(storage.record_rating, rated_second, alice, -0.5)
+    run(storage.record_rating, rated_second, bob, 0.5)
+    assert first.created_at <= second.created_at
+    assert run(oldest_waiting_rating) == first.created_at
+    batch = run(storage.claim_next_batch, 1, "trainer", use_auto_scores=False)  # the newest sample: rated_first
+    assert [x.sample_id for x in batch.samples] == [rated_first]
+    assert run(oldest_waiting_rating) == second.created_at
+    run(storage.claim_next_batch, 1, "trainer", use_auto_scores=False)
+    assert run(oldest_waiting_rating) is None
