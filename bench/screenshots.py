@@ -34,7 +34,9 @@ def rate_and_watch(page: Page, out: Path) -> list[Path]:
     rate = out / "rate.png"
     page.screenshot(path=rate, full_page=True)
     page.get_by_role("tab", name="Watch").click()
-    page.wait_for_timeout(5000)  # the dashboard's first refresh and its plots
+    page.click("#compare-btn")  # v0 against the live version on one prompt: reads, writes nothing
+    expect(page.locator("#compare-current textarea")).not_to_have_value("", timeout=WAIT_MS)
+    page.wait_for_timeout(3000)  # the dashboard's refresh and its plots
     watch = out / "watch.png"
     page.screenshot(path=watch, full_page=True)
     return [rate, watch]
