@@ -29,7 +29,19 @@ from storage.queries import (
 )
 from storage.raters import check_model_source, load_rater
 from storage.records import NewSample, SampleRecord
-from storage.schema import HUMAN_SOURCE, MODEL_RATER_PREFIX, Prompt, Rater, Rating, Sample, Skip, UTCDateTime, utcnow
+from storage.schema import (
+    HUMAN_SOURCE,
+    MODEL_RATER_PREFIX,
+    Pair,
+    PairComparison,
+    Prompt,
+    Rater,
+    Rating,
+    Sample,
+    Skip,
+    UTCDateTime,
+    utcnow,
+)
 from storage.validation import check_id, check_int
 
 DEFAULT_LEASE_SECONDS = 300.0
@@ -245,16 +257,24 @@ def count_in_flight(s: Session, min_policy_version: int, *, now: datetime | None
 
 
 def oldest_waiting_rating(s: Session) -> datetime | None:
-    """When the oldest human rating of an open sample (rated, not yet in a batch) was made; None when none waits.
+    """When the oldest human judgement of an open sample (not yet in a batch) was made: a rating, or a comparison
+    of a pair it is in (pairwise mode); None when none waits.
 
     The trainer trains a smaller batch when this is older than `--flush-after-s`: the last ratings of a sitting
     reach the weights even when too few follow them to fill a batch."""
-    stmt = (
+    rated = (
         select(func.min(Rating.created_at))
         .join(Sample, Sample.id == Rating.sample_id)
-        .where(is_open(), Rating.source == HUMAN_SOURCE)
+        .where(is_open(), Sample.human_n > 0, Rating.source == HUMAN_SOURCE)
     )
-    return s.scalar(stmt)
+    compared = (
+        select(func.min(PairComparison.created_at))
+        .join(Pair, Pair.id == PairComparison.pair_id)
+        .join(Sample, or_(Sample.id == Pair.sample_a_id, Sample.id == Pair.sample_b_id))
+        .where(is_open())
+    )
+    times = [t for t in (s.scalar(rated), s.scalar(compared)) if t is not None]
+    return min(times, default=None)
 
 
 def samples_needing_auto_score(s: Session, source: str, limit: int = 64) -> list[SampleRecord]:

@@ -68,4 +68,3 @@ def test_ratings_too_few_for_a_batch_are_trained_once_the_oldest_has_waited_flus
     assert (batch.status, batch.size) == ("trained", 2)
     assert service.trainer.status.version == 1
     assert not service.trainer.tick()  # nothing rated is left waiting: no empty or auto-only step
-

@@ -15,6 +15,7 @@ from storage import Database, StepIn
 from storage.errors import AlreadyRated, InvalidInput, RatingLocked
 from storage.pair_scores import prompt_outcomes, write_derived_scores
 from storage.pairs import next_pair_for_rater, pair_progress, record_comparison, skip_pair, undo_last_comparison
+from storage.samples import oldest_waiting_rating
 from storage.schema import ComparisonHistory
 
 BT = "bt@pairwise"
@@ -202,3 +203,18 @@ def test_a_locked_undo_keeps_no_history(db: Database) -> None:
         run(undo_last_comparison, alice)
     with db.read_session_factory.begin() as s:
         assert s.scalar(select(func.count()).select_from(ComparisonHistory)) == 0
+
+
+def test_a_comparison_of_an_open_pair_waits_like_a_rating_until_a_batch_takes_its_samples(db: Database) -> None:
+    """The trainer's --flush-after-s clock (storage.samples.oldest_waiting_rating) counts comparisons too."""
+    run = in_tx(db)
+    seed(db, prompts=1, samples_per_prompt=2)
+    alice = rater(db, "alice")
+    assert run(oldest_waiting_rating) is None
+    pair = run(next_pair_for_rater, alice)
+    assert run(oldest_waiting_rating) is None  # shown, not answered
+    answered = run(record_comparison, pair.pair_id, alice, "a_better")
+    assert run(oldest_waiting_rating) == answered.created_at
+    run(write_derived_scores, BT, pair.prompt_id, {pair.sample_a_id: 0.4, pair.sample_b_id: -0.4})
+    run(storage.claim_next_batch, 2, "trainer")
+    assert run(oldest_waiting_rating) is None
