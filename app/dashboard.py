@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from app.views import Dashboard
 from storage.dashboard import counts, trained_share
 from storage.quarantine import count_quarantined
-from storage.samples import count_unrated_unleased
+from storage.samples import count_unrated_unleased, oldest_waiting_rating
 
 if TYPE_CHECKING:
     from app.service import FeedbackService
@@ -26,6 +26,7 @@ class DashboardBuilder:
         with self._svc.db.read_session_factory.begin() as s:
             c = counts(s, use_auto_scores=reward.auto or self._svc.mode.pairwise)
             share = trained_share(s)
+            people_waiting = oldest_waiting_rating(s) is not None  # the trainer's --flush-after-s clock runs
             # counted here, not the generator's figure, which is only refreshed between its batches
             ready = count_unrated_unleased(s, min_policy_version=self._svc.window.floor(version))
             quarantined = count_quarantined(s, reward.source) if reward.auto else 0
@@ -49,7 +50,7 @@ class DashboardBuilder:
         last = self._svc.errors.last()
         return Dashboard(
             version=version,
-            training=self._training_state(c.scored_not_trained, c.in_claimed_batches),
+            training=self._training_state(c.scored_not_trained, c.in_claimed_batches, people_waiting),
             reward_source=reward.spec,
             counts=numbers,
             buffer_ready=ready,
@@ -86,7 +87,7 @@ class DashboardBuilder:
             f"({st.have} so far); until then only human scores train"
         )
 
-    def _training_state(self, scored: int, in_batches: int) -> str:
+    def _training_state(self, scored: int, in_batches: int, people_waiting: bool) -> str:
         t = self._svc.trainer.status
         if self._svc.trainer.fatal is not None:
             return f"error: the trainer stopped: {self._svc.trainer.fatal.public}"
@@ -103,5 +104,5 @@ class DashboardBuilder:
         if missing > 0 and in_batches == 0:
             waiting = f"waiting for {missing} more rating{'s' if missing != 1 else ''}"
             flush = self._svc.settings.flush_after_s
-            return waiting if scored == 0 else f"{waiting} (or trains what it has {flush:g} s after the oldest)"
+            return f"{waiting} (or trains what it has {flush:g} s after the oldest)" if people_waiting else waiting
         return "running"
